@@ -1,0 +1,237 @@
+"""The public Python API; the CLI is a thin layer over these functions."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from modaltune.config import TrainConfig
+from modaltune.data.rows import Row
+from modaltune.errors import ConfigError, DataError, ModaltuneError
+from modaltune.run import RunDir, resolve_model_dir
+from modaltune.tasks.base import Loaded, Task, create_task, read_meta, task_class
+
+
+@dataclass
+class Splits:
+    train: list[Row]
+    val: list[Row]
+    report: dict[str, Any]
+    labels: list[str] | None
+
+
+def _load(path: str | Path, task_cls: Any, *, split: str | None, known: set[str] | None, skip_bad: bool):
+    from modaltune.data import load_dataset
+
+    return load_dataset(path, require=task_cls.required, split=split, known_labels=known, skip_bad=skip_bad)
+
+
+def load_splits(cfg: TrainConfig, task_cls: Any) -> Splits:
+    """Train and validation rows: the data's own train/val folders, ``--val``, or a seeded split."""
+    from modaltune.data import discover_splits, train_val_split
+
+    splits = discover_splits(cfg.data) if Path(cfg.data).is_dir() else {}
+    train_split = "train" if "train" in splits else None
+    train, train_report = _load(cfg.data, task_cls, split=train_split, known=None, skip_bad=cfg.skip_bad)
+    labels = sorted({r.label for r in train}) if task_cls.uses_labels else None
+    known = set(labels) if labels else None
+    report: dict[str, Any] = {"train": train_report.to_dict()}
+    if cfg.val is not None:
+        val, val_report = _load(cfg.val, task_cls, split=None, known=known, skip_bad=cfg.skip_bad)
+        report["val"], report["split"] = val_report.to_dict(), f"validation data from {cfg.val}"
+    elif "val" in splits:
+        val, val_report = _load(cfg.data, task_cls, split="val", known=known, skip_bad=cfg.skip_bad)
+        report["val"], report["split"] = val_report.to_dict(), "the data's own val/ folder"
+    else:
+        train, val = train_val_split(train, val_fraction=cfg.val_fraction, seed=cfg.seed,
+                                     stratify_by_label=task_cls.uses_labels)
+        report["split"] = f"seeded split: {cfg.val_fraction:.0%} of {cfg.data} held out (seed {cfg.seed})"
+        report["val_ids"] = [r.id for r in val]
+    if labels is not None and len(labels) < 2:
+        raise DataError(f"{cfg.data}: task {cfg.task} needs at least 2 classes, found {labels}")
+    return Splits(train=train, val=val, report=report, labels=labels)
+
+
+def validate(task: str, data: str | Path, *, skip_bad: bool = True) -> dict[str, Any]:
+    """The data report for ``data`` as ``task`` would read it (no model, no training)."""
+    from modaltune.data import discover_splits
+
+    task_cls = task_class(task)
+    splits = discover_splits(data) if Path(data).is_dir() else {}
+    reports = {}
+    for split in splits or [None]:
+        rows, report = _load(data, task_cls, split=split, known=None, skip_bad=skip_bad)
+        reports[split or "all"] = report.to_dict()
+    return reports
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, progress: Any = None) -> dict[str, Any]:
+    """Run ``cfg`` end to end into ``cfg.output``; returns the metrics written to ``metrics.json``."""
+    from modaltune import report as reporting
+    from modaltune.inference import evaluate_rows
+    from modaltune.strategies import LoraOptions, apply_strategy, export
+    from modaltune.trainer.batches import class_weights
+    from modaltune.trainer.loop import fit
+
+    started = time.perf_counter()
+    run = RunDir(Path(cfg.output))
+    _check_output(run, cfg, resume)
+    task_cls = task_class(cfg.task)
+    splits = load_splits(cfg, task_cls)
+    options: dict[str, Any] = {}
+    if splits.labels is not None:
+        options = {"labels": splits.labels, "prompt_template": cfg.prompt_template}
+        if cfg.balance == "class-weights":
+            options["class_weights"] = class_weights([r.label for r in splits.train], splits.labels)
+    task = create_task(cfg.task, **options)
+
+    run.create()
+    run.config.write_text(cfg.to_yaml())
+    run.write_json(run.data_report, splits.report)
+
+    scratch = cfg.strategy == "scratch"
+    torch.manual_seed(cfg.seed)  # scratch init and LoRA init are drawn from here
+    loaded = task.load(cfg.model, scratch=scratch, trust_remote_code=cfg.trust_remote_code)
+
+    baseline: dict[str, Any] = {"skipped": "scratch never reads the pretrained weights"} if scratch else {}
+    if not scratch and cfg.zero_shot_baseline and splits.val:
+        loaded.model.to(device())
+        baseline = evaluate_rows(task, loaded, splits.val, batch_size=cfg.eval_batch_size, workers=cfg.workers)
+
+    info = apply_strategy(task, loaded, cfg.strategy, layers=cfg.layers,
+                          lora=LoraOptions(cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout))
+    result = None
+    if cfg.strategy != "zero-shot":
+        result = fit(cfg, task, loaded, splits.train, splits.val, run, resume=resume, progress=progress)
+    loaded.model.to("cpu")
+    export(task, loaded, run.model)
+
+    # Final numbers come from the exported model/ itself, so `modaltune eval RUN/model` reproduces them.
+    final: dict[str, Any] = {}
+    if splits.val:
+        final = evaluate(run.model, rows=splits.val, batch_size=cfg.eval_batch_size)
+    metrics = {
+        **final,
+        "zero_shot": baseline,
+        "run": {
+            "task": cfg.task, "model": cfg.model, "strategy": info.to_dict(),
+            "primary_metric": task.primary_metric,
+            "train_rows": len(splits.train), "val_rows": len(splits.val),
+            "steps": result.state.step if result else 0,
+            "best_step": result.state.best_step if result else None,
+            "restored_best": result.restored_best if result else False,
+            "stopped_early": result.stopped_early if result else False,
+            "skipped_steps": result.state.skipped_steps if result else 0,
+            "train_seconds": round(result.seconds, 3) if result else 0.0,
+            "total_seconds": round(time.perf_counter() - started, 3),
+        },
+    }
+    run.write_json(run.metrics, metrics)
+    reporting.plot_history(run.read_history(), run.plots)
+    if "confusion_matrix" in final and splits.labels:
+        reporting.plot_confusion_matrix(final["confusion_matrix"], splits.labels, run.plots / "confusion_matrix.png")
+    reporting.write_report(run.root, title=f"modaltune · {cfg.task} · {cfg.strategy}", config=cfg.model_dump(),
+                           data_report=splits.report, metrics=metrics, history=run.read_history())
+    return metrics
+
+
+def _check_output(run: RunDir, cfg: TrainConfig, resume: bool) -> None:
+    if resume:
+        if not run.config.is_file():
+            raise ConfigError(f"--resume: {run.root} is not a run directory (no config.yaml)")
+        from modaltune.config import build_config
+
+        saved = build_config(run.config)
+        ignore = {"workers", "eval_batch_size"}  # do not change the result
+        changed = [k for k in cfg.model_fields if k not in ignore and getattr(saved, k) != getattr(cfg, k)]
+        if changed:
+            raise ConfigError(
+                f"--resume: the config differs from {run.config} in {', '.join(changed)}; "
+                "resume with the run's own config (modaltune train --config RUN/config.yaml --resume)"
+            )
+    elif run.metrics.exists() or run.checkpoints.exists():
+        raise ConfigError(
+            f"output {run.root} already holds a run; pass --resume to continue it or choose another --output"
+        )
+
+
+def load_model(model_or_run: str | Path, *, task: str | None = None, labels: list[str] | None = None,
+               texts: list[str] | None = None, trust_remote_code: bool = False) -> tuple[Task, Loaded]:
+    """A saved modaltune model (or a run directory, or a base model with ``task``) ready to use."""
+    source = resolve_model_dir(model_or_run)
+    meta = read_meta(source) if source.is_dir() else None
+    name = task or (meta or {}).get("task")
+    if name is None:
+        raise ConfigError(f"{model_or_run} is not a modaltune model or run: pass --task to use it as a base model")
+    if meta is not None and task is not None and meta.get("task") != task:
+        raise ConfigError(f"{model_or_run} was trained for task {meta.get('task')!r}, not {task!r}")
+    options: dict[str, Any] = {}
+    if labels:
+        options["labels"] = labels
+    if texts:
+        options["texts"] = texts
+    instance = create_task(name, **options)
+    loaded = instance.load(source if source.exists() else str(model_or_run), trust_remote_code=trust_remote_code)
+    loaded.model.to(device())
+    return instance, loaded
+
+
+def evaluate(model_or_run: str | Path, data: str | Path | None = None, *, task: str | None = None,
+             rows: list[Row] | None = None, batch_size: int = 64, skip_bad: bool = False) -> dict[str, Any]:
+    """The task's metrics of a model on ``data`` (or, for a run directory, on its validation data)."""
+    from modaltune.inference import evaluate_rows
+
+    if rows is None:
+        rows = _eval_rows(model_or_run, data, task=task, skip_bad=skip_bad)
+    labels = sorted({r.label for r in rows if r.label}) or None
+    meta = read_meta(resolve_model_dir(model_or_run)) if Path(model_or_run).is_dir() else None
+    instance, loaded = load_model(model_or_run, task=task, labels=None if meta else labels)
+    return evaluate_rows(instance, loaded, rows, batch_size=batch_size)
+
+
+def _eval_rows(model_or_run: str | Path, data: str | Path | None, *, task: str | None, skip_bad: bool) -> list[Row]:
+    run = RunDir(Path(model_or_run))
+    if data is None:
+        if not run.config.is_file():
+            raise ConfigError("pass --data: only a run directory knows its own validation data")
+        from modaltune.config import build_config
+
+        cfg = build_config(run.config)
+        name = cfg.task
+        task_cls = task_class(name)
+        return load_splits(cfg, task_cls).val
+    name = task or (read_meta(resolve_model_dir(model_or_run)) or {}).get("task")
+    if name is None:
+        raise ConfigError(f"{model_or_run} is not a modaltune model or run: pass --task")
+    task_cls = task_class(name)
+    from modaltune.data import discover_splits
+
+    splits = discover_splits(data) if Path(data).is_dir() else {}
+    split = next((s for s in ("test", "val") if s in splits), None)
+    rows, _ = _load(data, task_cls, split=split, known=None, skip_bad=skip_bad)
+    return rows
+
+
+def predict(model_or_run: str | Path, inputs: list[str | Path], *, task: str | None = None,
+            labels: list[str] | None = None, texts: list[str] | None = None) -> list[dict]:
+    """Predictions for image files, one dict per input (label + top-k, or ranked texts)."""
+    from modaltune.data import MediaError, load_image
+    from modaltune.inference import predict_rows
+
+    rows = []
+    for item in inputs:
+        try:
+            load_image(Path(item))
+        except MediaError as exc:
+            raise DataError(f"{item}: {exc.reason}: {exc}") from None
+        rows.append(Row(id=str(item), image=Path(item)))
+    instance, loaded = load_model(model_or_run, task=task, labels=labels, texts=texts)
+    return predict_rows(instance, loaded, rows)

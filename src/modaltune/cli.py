@@ -1,0 +1,206 @@
+"""`modaltune` command line: thin; every command calls the Python API.
+
+Exit codes: 0 ok, 2 bad usage/config/data (message names the field, row or file), 1 internal error,
+143 stopped by SIGTERM after a checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from modaltune.errors import ModaltuneError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Adapt pretrained multimodal models to your own task and data.")
+console = Console(stderr=True)
+
+
+def _split_list(value: Optional[str]) -> Optional[list[str]]:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+@app.command()
+def validate(
+    task: str = typer.Option(..., help="classify | retrieve"),
+    data: Path = typer.Option(..., help="image folder, CSV or JSONL manifest"),
+    json_out: bool = typer.Option(False, "--json", help="print the report as JSON"),
+) -> None:
+    """Check every row of a dataset and print the data report (no model, no training)."""
+    from modaltune.api import validate as run_validate
+
+    reports = run_validate(task, data)
+    if json_out:
+        print(json.dumps(reports, indent=2))
+        return
+    bad_total = 0
+    for split, report in reports.items():
+        table = Table(title=f"{data} [{split}]")
+        table.add_column("what")
+        table.add_column("count", justify="right")
+        table.add_row("rows read", str(report["rows_read"]))
+        table.add_row("rows ok", str(report["rows_ok"]))
+        for reason, count in report.get("reason_counts", {}).items():
+            table.add_row(f"bad: {reason}", str(count))
+        for label, count in report.get("label_counts", {}).items():
+            table.add_row(f"label {label}", str(count))
+        Console().print(table)
+        for bad in report["bad"][:20]:
+            Console().print(f"  {bad['id']}: {bad['reason']} — {bad['detail']}")
+        if len(report["bad"]) > 20:
+            Console().print(f"  … and {len(report['bad']) - 20} more")
+        bad_total += len(report["bad"])
+    if bad_total:
+        console.print(f"[yellow]{bad_total} bad row(s): fix them, or train with --skip-bad to skip them[/]")
+        raise typer.Exit(2)
+
+
+@app.command()
+def train(
+    task: Optional[str] = typer.Option(None, help="classify | retrieve"),
+    model: Optional[str] = typer.Option(None, help="hub name or local directory of the base model"),
+    data: Optional[str] = typer.Option(None, help="training data (folder with train/ val/, CSV, JSONL)"),
+    val: Optional[str] = typer.Option(None, help="validation data (default: the data's val/ or a seeded split)"),
+    strategy: Optional[str] = typer.Option(None, help="zero-shot | linear-probe | last-n | full | lora | scratch"),
+    layers: Optional[int] = typer.Option(None, help="last-n: how many of the last blocks per encoder train"),
+    epochs: Optional[int] = typer.Option(None),
+    max_steps: Optional[int] = typer.Option(None, help="stop after this many optimizer steps"),
+    batch_size: Optional[int] = typer.Option(None),
+    grad_accum: Optional[int] = typer.Option(None, help="micro-batches per optimizer step"),
+    lr: Optional[float] = typer.Option(None, help="learning rate (default depends on the strategy)"),
+    optimizer: Optional[str] = typer.Option(None, help="adamw | sgd"),
+    weight_decay: Optional[float] = typer.Option(None),
+    schedule: Optional[str] = typer.Option(None, help="cosine | linear | constant (all with warmup)"),
+    warmup_ratio: Optional[float] = typer.Option(None),
+    precision: Optional[str] = typer.Option(None, help="fp32 | bf16"),
+    seed: Optional[int] = typer.Option(None),
+    balance: Optional[str] = typer.Option(None, help="none | oversample | class-weights"),
+    augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="random resized crop + flip"),
+    early_stopping: Optional[int] = typer.Option(None, help="patience in evaluations"),
+    eval_every: Optional[int] = typer.Option(None, help="evaluate every N steps (default: each epoch)"),
+    save_every: Optional[int] = typer.Option(None, help="checkpoint every N steps (default: each epoch)"),
+    keep_last: Optional[int] = typer.Option(None, help="checkpoints to keep (the best is always kept)"),
+    nan_policy: Optional[str] = typer.Option(None, help="raise | skip"),
+    max_bad_steps: Optional[int] = typer.Option(None, help="skip policy: abort after this many in a row"),
+    skip_bad: Optional[bool] = typer.Option(None, "--skip-bad/--no-skip-bad", help="skip bad rows (listed in data_report.json)"),
+    prompt_template: Optional[str] = typer.Option(None, help="classify: class prompt, e.g. 'a photo of a {}.'"),
+    lora_rank: Optional[int] = typer.Option(None),
+    workers: Optional[int] = typer.Option(None, help="DataLoader worker processes"),
+    trust_remote_code: Optional[bool] = typer.Option(None, "--trust-remote-code", help="allow model code from the hub"),
+    output: Optional[str] = typer.Option(None, help="run directory"),
+    config: Optional[Path] = typer.Option(None, help="YAML config (flags override it)"),
+    resume: bool = typer.Option(False, "--resume", help="continue the run in --output from its last checkpoint"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
+) -> None:
+    """Adapt a model to your data with a strategy and write a run directory."""
+    from modaltune.api import train as run_train
+    from modaltune.config import build_config
+    from modaltune.progress import TrainingProgress
+
+    flags = {k: v for k, v in locals().items() if k not in ("config", "resume", "quiet", "run_train",
+                                                           "build_config", "TrainingProgress")}
+    if resume and config is None and output and (Path(output) / "config.yaml").is_file():
+        config = Path(output) / "config.yaml"
+    for required in ("task", "model", "data"):
+        if flags[required] is None and config is None:
+            raise typer.BadParameter(f"--{required} is required (or give --config)", param_hint=f"--{required}")
+    cfg = build_config(config, **flags)
+    progress = None if quiet else TrainingProgress(f"{cfg.task}/{cfg.strategy}", console)
+    metrics = run_train(cfg, resume=resume, progress=progress)
+    _print_metrics(metrics, cfg.output)
+
+
+def _print_metrics(metrics: dict, output: str) -> None:
+    table = Table(title=f"run {output}")
+    table.add_column("metric")
+    table.add_column("adapted", justify="right")
+    table.add_column("zero-shot", justify="right")
+    base = metrics.get("zero_shot", {})
+    for key, value in metrics.items():
+        if isinstance(value, float):
+            ref = base.get(key)
+            table.add_row(key, f"{value:.4f}", f"{ref:.4f}" if isinstance(ref, float) else "-")
+    Console().print(table)
+
+
+@app.command("eval")
+def evaluate(
+    run_or_model: str = typer.Argument(..., help="run directory, its model/ folder, or a base model with --task"),
+    data: Optional[str] = typer.Option(None, help="evaluation data (default: the run's validation data)"),
+    task: Optional[str] = typer.Option(None, help="task for a base model"),
+    batch_size: int = typer.Option(64),
+    skip_bad: bool = typer.Option(False, "--skip-bad"),
+    json_out: bool = typer.Option(False, "--json", help="print the metrics as JSON"),
+) -> None:
+    """Evaluate a trained run or model on data with the task's metrics."""
+    from modaltune.api import evaluate as run_evaluate
+
+    metrics = run_evaluate(run_or_model, data, task=task, batch_size=batch_size, skip_bad=skip_bad)
+    if json_out:
+        print(json.dumps(metrics, indent=2))
+    else:
+        _print_metrics(metrics, run_or_model)
+
+
+@app.command()
+def predict(
+    run_or_model: str = typer.Argument(..., help="run directory, its model/ folder, or a base model with --task"),
+    inputs: list[str] = typer.Argument(..., help="image files"),
+    task: Optional[str] = typer.Option(None, help="task for a base model"),
+    labels: Optional[str] = typer.Option(None, help="classify a base model zero-shot over these labels: a,b,c"),
+    texts: Optional[str] = typer.Option(None, help="retrieve: rank these candidate texts: a,b,c"),
+) -> None:
+    """Predict for image files; one JSON object per line on stdout."""
+    from modaltune.api import predict as run_predict
+
+    for result in run_predict(run_or_model, inputs, task=task, labels=_split_list(labels), texts=_split_list(texts)):
+        print(json.dumps(result))
+
+
+@app.command()
+def demo(
+    output: Path = typer.Option(Path("demo-output"), help="where results, runs and report.html go"),
+    quick: bool = typer.Option(False, "--quick", help="a much smaller demo (for tests)"),
+) -> None:
+    """The offline end-to-end demo: pretrain a small CLIP on synthetic data, then adapt it every way."""
+    from modaltune.demo import run_demo
+
+    run_demo(output, quick=quick, console=console)
+
+
+def main() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
+    except ModaltuneError as exc:
+        console.print(f"[red]error:[/] {exc}", highlight=False)
+        sys.exit(2)
+    except (typer.Abort, KeyboardInterrupt):
+        console.print("aborted")
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as exc:  # click usage errors are handled below; anything else is our bug
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(2)
+        if os.environ.get("MODALTUNE_DEBUG"):
+            raise
+        console.print(f"[red]internal error:[/] {type(exc).__name__}: {exc}\n"
+                      "Rerun with MODALTUNE_DEBUG=1 for the traceback, and please report it.", highlight=False)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

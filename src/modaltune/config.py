@@ -1,0 +1,108 @@
+"""The run config: one pydantic model, loaded from YAML and overridden by flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from modaltune.errors import ConfigError
+
+Strategy = Literal["zero-shot", "linear-probe", "last-n", "full", "lora", "scratch"]
+
+#: Learning rates that work for each strategy when the user gives none: a fresh head wants a large
+#: step, pretrained blocks a small one so they are not wrecked in the first epoch.
+DEFAULT_LR = {"linear-probe": 1e-3, "last-n": 1e-4, "full": 2e-5, "lora": 5e-4, "scratch": 5e-4, "zero-shot": 0.0}
+
+
+class TrainConfig(BaseModel):
+    """Everything that defines a run. ``modaltune train --config RUN/config.yaml`` reruns it."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    task: str
+    model: str
+    data: str
+    val: str | None = None
+    output: str = "runs/run"
+    strategy: Strategy = "full"
+    layers: int | None = Field(default=None, ge=1)
+    epochs: int = Field(default=3, ge=1)
+    max_steps: int | None = Field(default=None, ge=1, description="stop after this many optimizer steps")
+    batch_size: int = Field(default=16, ge=1)
+    grad_accum: int = Field(default=1, ge=1)
+    lr: float | None = Field(default=None, gt=0)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    weight_decay: float = Field(default=0.01, ge=0)
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
+    max_grad_norm: float | None = Field(default=1.0, gt=0)
+    precision: Literal["fp32", "bf16"] = "fp32"
+    seed: int = 0
+    balance: Literal["none", "oversample", "class-weights"] = "none"
+    augment: bool = False
+    early_stopping: int | None = Field(default=None, ge=1, description="patience, in evaluations")
+    eval_every: int | None = Field(default=None, ge=1, description="steps; default once per epoch")
+    save_every: int | None = Field(default=None, ge=1, description="steps; default once per epoch")
+    keep_last: int = Field(default=2, ge=1)
+    nan_policy: Literal["raise", "skip"] = "raise"
+    max_bad_steps: int = Field(default=5, ge=1, description="with nan_policy=skip: abort after this many in a row")
+    skip_bad: bool = False
+    val_fraction: float = Field(default=0.2, gt=0, lt=1)
+    prompt_template: str = "a photo of a {}."
+    lora_rank: int = Field(default=8, ge=1)
+    lora_alpha: int = Field(default=16, ge=1)
+    lora_dropout: float = Field(default=0.0, ge=0, lt=1)
+    workers: int = Field(default=0, ge=0)
+    eval_batch_size: int = Field(default=64, ge=1)
+    zero_shot_baseline: bool = True
+    trust_remote_code: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainConfig":
+        if self.layers is not None and self.strategy != "last-n":
+            raise ValueError(f"layers is only used by strategy last-n (strategy is {self.strategy!r})")
+        if self.strategy == "last-n" and self.layers is None:
+            raise ValueError("strategy last-n needs layers (how many of the last blocks per encoder train)")
+        return self
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else DEFAULT_LR[self.strategy]
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _describe(error: ValidationError, source: str) -> str:
+    lines = [f"invalid config ({source}):"]
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "config"
+        lines.append(f"  {where}: {item['msg']}" + (f" (got {item['input']!r})" if "input" in item and item["loc"] else ""))
+    return "\n".join(lines)
+
+
+def build_config(file: str | Path | None = None, **overrides: Any) -> TrainConfig:
+    """YAML file (if any) first, then every override that is not None; errors name the field."""
+    values: dict[str, Any] = {}
+    source = "flags"
+    if file is not None:
+        path = Path(file)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must be a mapping of field: value")
+        values.update(loaded)
+        source = f"{path} + flags"
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return TrainConfig(**values)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, source)) from None

@@ -1,0 +1,23 @@
+"""The task-agnostic data layer: read user data into `Row`s, decode and validate media, split, augment."""
+
+from modaltune.data.augment import augment_image
+from modaltune.data.formats import discover_splits, read_rows
+from modaltune.data.media import MediaError, load_image
+from modaltune.data.rows import BadRow, Row
+from modaltune.data.split import train_val_split
+from modaltune.data.validate import REASONS, DataReport, load_dataset, validate_rows
+
+__all__ = [
+    "REASONS",
+    "BadRow",
+    "DataReport",
+    "MediaError",
+    "Row",
+    "augment_image",
+    "discover_splits",
+    "load_dataset",
+    "load_image",
+    "read_rows",
+    "train_val_split",
+    "validate_rows",
+]

@@ -1,0 +1,31 @@
+"""The one row type every format reader produces and every task consumes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Row:
+    """One example. `id` says where it came from (``pairs.jsonl:12``, ``cats/001.jpg``) for messages."""
+
+    id: str
+    image: Path | None = None
+    audio: Path | None = None
+    text: str | None = None
+    label: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+
+@dataclass(frozen=True)
+class BadRow:
+    """A row that failed validation, with a stable reason code (see `data.validate.REASONS`)."""
+
+    id: str
+    reason: str
+    detail: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"id": self.id, "reason": self.reason, "detail": self.detail}

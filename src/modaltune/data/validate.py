@@ -1,0 +1,173 @@
+"""Check rows against what a task needs, decode their media, and report what was wrong.
+
+A bad row either stops the run with a message listing the rows (the default: silently training on
+less data than the user thinks is worse than stopping), or, with ``skip_bad``, is left out and
+listed in ``data_report.json``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from modaltune.data.formats import read_rows
+from modaltune.data.media import DEFAULT_MAX_PIXELS, MediaError, load_image
+from modaltune.data.rows import BadRow, Row
+from modaltune.errors import DataError
+
+#: Reason code → what it means. Codes are stable: reports and scripts match on them.
+REASONS: dict[str, str] = {
+    "missing_file": "the media file does not exist or cannot be read",
+    "empty_file": "the media file is 0 bytes",
+    "corrupt_image": "the image is truncated or damaged and cannot be fully decoded",
+    "not_an_image": "the file is not an image format that can be read (wrong extension?)",
+    "path_escapes_root": "the media path is absolute or leads outside the manifest's folder",
+    "empty_label": "the label is empty or only whitespace",
+    "unknown_label": "the label is not one of the known classes",
+    "empty_text": "the text is empty or only whitespace",
+    "image_too_large": "the image has more pixels than the allowed maximum",
+    "bad_json": "the line is not a JSON object, or a value has the wrong JSON type",
+    "bad_csv": "the CSV line has more cells than the header has columns",
+    "missing_field": "a field the task needs is absent",
+    "unsupported_file": "a file or folder that is not part of a supported layout",
+}
+
+_ROW_FIELDS = {f.name for f in fields(Row)} - {"id", "extra"}
+
+
+def validate_rows(
+    rows: Iterable[Row],
+    *,
+    require: tuple[str, ...],
+    known_labels: set[str] | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> tuple[list[Row], list[BadRow]]:
+    """Split ``rows`` into usable rows and `BadRow`s (one per row: the first problem found).
+
+    Cheap checks run first so a row with an empty label is not decoded. Every image is fully
+    decoded once here, so a corrupt file is found before training rather than in epoch 3.
+    """
+    good: list[Row] = []
+    bad: list[BadRow] = []
+    for row in rows:
+        problem = _check_row(row, require, known_labels, max_pixels)
+        if problem is None:
+            good.append(row)
+        else:
+            bad.append(problem)
+    return good, bad
+
+
+def _check_row(
+    row: Row, require: tuple[str, ...], known_labels: set[str] | None, max_pixels: int
+) -> BadRow | None:
+    for name in require:
+        value = getattr(row, name) if name in _ROW_FIELDS else row.extra.get(name)
+        if value is None:
+            return BadRow(row.id, "missing_field", f"no {name!r} value; this task needs {', '.join(require)}")
+        if isinstance(value, str) and not value.strip():
+            reason = {"label": "empty_label", "text": "empty_text"}.get(name, "missing_field")
+            return BadRow(row.id, reason, f"{name!r} is empty")
+    if known_labels is not None and row.label is not None and row.label not in known_labels:
+        known = ", ".join(sorted(known_labels)[:10]) + (", …" if len(known_labels) > 10 else "")
+        return BadRow(
+            row.id, "unknown_label", f"label {row.label!r} is not one of the known labels ({known})"
+        )
+    if row.image is not None:
+        try:
+            load_image(row.image, max_pixels=max_pixels)
+        except MediaError as exc:
+            return BadRow(row.id, exc.reason, exc.detail)
+    if row.audio is not None:
+        # Audio decoding belongs to the audio task; here only what every format shares is checked.
+        if not row.audio.is_file():
+            return BadRow(row.id, "missing_file", f"{row.audio} does not exist")
+        if row.audio.stat().st_size == 0:
+            return BadRow(row.id, "empty_file", f"{row.audio} is 0 bytes")
+    return None
+
+
+def _natural_key(row_id: str) -> list[Any]:
+    """Sort key that puts ``pairs.jsonl:2`` before ``pairs.jsonl:10``."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", row_id)]
+
+
+@dataclass
+class DataReport:
+    """What was read from ``source`` and what was wrong with it; saved as ``data_report.json``."""
+
+    source: str
+    rows_read: int
+    rows_ok: int
+    bad: list[BadRow] = field(default_factory=list)
+    label_counts: dict[str, int] = field(default_factory=dict)
+    skipped: bool = False  # True when the bad rows were left out (skip_bad) rather than fatal
+
+    def reason_counts(self) -> dict[str, int]:
+        return dict(sorted(Counter(b.reason for b in self.bad).items()))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "rows_read": self.rows_read,
+            "rows_ok": self.rows_ok,
+            "rows_bad": len(self.bad),
+            "skipped": self.skipped,
+            "reasons": self.reason_counts(),
+            "label_counts": dict(self.label_counts),
+            "bad": [b.to_dict() for b in self.bad],
+        }
+
+    def format_bad(self, limit: int = 20) -> str:
+        """The first ``limit`` bad rows as ``id: reason — detail`` lines, then how many more there are."""
+        lines = [f"  {b.id}: {b.reason} — {b.detail}" for b in self.bad[:limit]]
+        if len(self.bad) > limit:
+            lines.append(f"  … and {len(self.bad) - limit} more")
+        return "\n".join(lines)
+
+
+def load_dataset(
+    path: str | Path,
+    *,
+    require: tuple[str, ...],
+    split: str | None = None,
+    known_labels: set[str] | None = None,
+    skip_bad: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> tuple[list[Row], DataReport]:
+    """Read and validate ``path``: the usable rows and a `DataReport`.
+
+    Raises `DataError` listing the bad rows unless ``skip_bad``; with ``skip_bad`` the bad rows are
+    left out and listed in the report. No usable rows at all is an error either way.
+    """
+    rows, format_bad, _root = read_rows(path, split=split, require=require)
+    good, media_bad = validate_rows(rows, require=require, known_labels=known_labels, max_pixels=max_pixels)
+    # Back in file order (format-level problems were found in an earlier pass than media ones).
+    bad = sorted(format_bad + media_bad, key=lambda b: _natural_key(b.id))
+    source = str(Path(path)) + (f" (split {split})" if split else "")
+    report = DataReport(
+        source=source,
+        rows_read=len(rows) + len(format_bad),
+        rows_ok=len(good),
+        bad=bad,
+        label_counts=dict(sorted(Counter(r.label for r in good if r.label is not None).items())),
+        skipped=skip_bad and bool(bad),
+    )
+    if bad and (not skip_bad or not good):
+        meanings = "\n".join(
+            f"  {reason} ({n}): {REASONS.get(reason, '')}" for reason, n in report.reason_counts().items()
+        )
+        advice = (
+            "No usable rows are left, so there is nothing to skip to: fix these rows."
+            if not good
+            else "To go on, fix these rows or pass --skip-bad to skip them (they will be listed in data_report.json)."
+        )
+        raise DataError(
+            f"{len(bad)} of {report.rows_read} rows in {source} cannot be used:\n{report.format_bad()}\n"
+            f"Reasons:\n{meanings}\n{advice}"
+        )
+    return good, report

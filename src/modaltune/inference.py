@@ -1,0 +1,50 @@
+"""Run a task's model over rows without gradients: shared by training-time eval, `eval` and `predict`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+
+from modaltune.data.rows import Row
+from modaltune.tasks.base import Loaded, Task
+from modaltune.trainer.batches import MediaDataset, chunk, loader
+
+
+def model_device(loaded: Loaded) -> torch.device:
+    return next(loaded.model.parameters()).device
+
+
+@torch.no_grad()
+def compute_outputs(
+    task: Task, loaded: Loaded, rows: Sequence[Row], *, batch_size: int = 64, workers: int = 0,
+    autocast: Any = None,
+) -> dict[str, torch.Tensor]:
+    """Concatenated per-row outputs (``task.outputs``) over ``rows``, in order."""
+    model = loaded.model
+    was_training = model.training
+    model.eval()
+    device = model_device(loaded)
+    parts: dict[str, list[torch.Tensor]] = {}
+    batches = chunk([(0, i) for i in range(len(rows))], batch_size)
+    try:
+        for batch in loader(MediaDataset(rows), batches, lambda items: task.collate(loaded, items), workers=workers):
+            batch = {k: v.to(device) for k, v in batch.items()}
+            with autocast() if autocast is not None else nullcontext():
+                out = task.outputs(loaded, batch)
+            for key, value in out.items():
+                parts.setdefault(key, []).append(value.detach().float().cpu())
+    finally:
+        model.train(was_training)
+    return {k: torch.cat(v) for k, v in parts.items()}
+
+
+def evaluate_rows(task: Task, loaded: Loaded, rows: Sequence[Row], **kwargs: Any) -> dict[str, Any]:
+    return task.evaluate(loaded, compute_outputs(task, loaded, rows, **kwargs), list(rows))
+
+
+def predict_rows(task: Task, loaded: Loaded, rows: Sequence[Row], **kwargs: Any) -> list[dict]:
+    return task.predict(loaded, compute_outputs(task, loaded, rows, **kwargs), list(rows))
+

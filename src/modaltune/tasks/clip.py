@@ -1,0 +1,334 @@
+"""CLIP-family dual encoders (CLIP, SigLIP through the same Auto classes): `classify` and `retrieve`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from modaltune.data.rows import Row
+from modaltune.errors import ConfigError, ModaltuneError
+from modaltune.tasks.base import META_FILE, Loaded, read_meta, register
+
+HEAD_FILE = "classifier.safetensors"
+DEFAULT_PROMPT = "a photo of a {}."
+
+
+def unwrap(backbone: nn.Module) -> nn.Module:
+    """The plain transformers model under a PEFT wrapper (or the model itself)."""
+    get_base = getattr(backbone, "get_base_model", None)
+    return get_base() if callable(get_base) else backbone
+
+
+def load_backbone(source: str | Path, *, scratch: bool, trust_remote_code: bool) -> tuple[nn.Module, Any]:
+    """A dual-encoder model and its processor through the Auto classes, with errors a user can act on."""
+    from transformers import AutoConfig, AutoModel, AutoProcessor
+
+    source = str(source)
+    kwargs = {"trust_remote_code": trust_remote_code}
+    try:
+        processor = AutoProcessor.from_pretrained(source, **kwargs)
+        if scratch:
+            # Only the architecture is read: the pretrained weights are never opened.
+            model = AutoModel.from_config(AutoConfig.from_pretrained(source, **kwargs), **kwargs)
+        else:
+            model = AutoModel.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as exc:
+        hint = (
+            "a local directory must hold config.json, the weights and the processor files"
+            if Path(source).exists()
+            else "a hub name needs network access (HF_HUB_OFFLINE must not be set) or a cached copy"
+        )
+        raise ModaltuneError(f"could not load model {source!r}: {exc}\nHint: {hint}.") from exc
+    for needed in ("get_image_features", "get_text_features", "vision_model"):
+        if not hasattr(model, needed):
+            raise ConfigError(
+                f"model {source!r} ({type(model).__name__}) is not a CLIP-style image-text dual encoder "
+                f"(it has no {needed}); tasks classify and retrieve support CLIP and SigLIP checkpoints"
+            )
+    return model, processor
+
+
+def _text_max_length(processor: Any, backbone: nn.Module) -> int:
+    limit = unwrap(backbone).config.text_config.max_position_embeddings
+    return min(int(getattr(processor.tokenizer, "model_max_length", limit) or limit), limit)
+
+
+def _tokenize(processor: Any, backbone: nn.Module, texts: list[str]) -> dict[str, torch.Tensor]:
+    # SigLIP was trained on max_length padding; CLIP masks padding, so padding to the longest is exact.
+    padding = "max_length" if "siglip" in unwrap(backbone).config.model_type else "longest"
+    enc = processor.tokenizer(
+        texts, padding=padding, truncation=True, max_length=_text_max_length(processor, backbone),
+        return_tensors="pt",
+    )
+    return {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+
+
+def _pixels(processor: Any, images: list[Any]) -> torch.Tensor:
+    return processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
+
+
+def _embed(fn, **inputs: torch.Tensor) -> torch.Tensor:
+    out = fn(**inputs)
+    # transformers >= 5 returns a model output whose pooler_output is the projected embedding.
+    emb = out if isinstance(out, torch.Tensor) else out.pooler_output
+    return F.normalize(emb, dim=-1)
+
+
+def _top_parameter_names(backbone: nn.Module, scopes: tuple[str, ...] | None) -> list[str]:
+    """Everything of the encoders in scope that is neither embeddings nor a block: projections, norms."""
+    names = []
+    for name, _ in unwrap(backbone).named_parameters():
+        if scopes is not None and not name.startswith(scopes):
+            continue
+        if ".embeddings." in name or ".encoder.layers." in name:
+            continue
+        names.append("backbone." + name)
+    return names
+
+
+class DualEncoderTask:
+    """Shared plumbing for the two CLIP tasks; the subclasses differ in head, loss and metrics."""
+
+    #: Parameter-name prefixes of the backbone this task uses; None = all of it.
+    scopes: tuple[str, ...] | None = None
+
+    def __init__(self, **options: Any) -> None:
+        self.options = options
+
+    def blocks(self, loaded: Loaded) -> dict[str, list[nn.Module]]:
+        model = unwrap(loaded.model.backbone)
+        found = {"vision": list(model.vision_model.encoder.layers)}
+        if self.scopes is None:
+            found["text"] = list(model.text_model.encoder.layers)
+        return found
+
+    def top_parameters(self, loaded: Loaded) -> list[str]:
+        return _top_parameter_names(loaded.model.backbone, self.scopes)
+
+    def used_parameters(self, loaded: Loaded) -> list[str]:
+        if self.scopes is None:
+            return ["backbone."]
+        # Through a PEFT wrapper the same parameters sit under base_model.model.
+        inner = "backbone.base_model.model." if loaded.model.backbone is not unwrap(loaded.model.backbone) else "backbone."
+        return [inner + scope for scope in self.scopes] + ["head."]
+
+    def lora_targets(self, loaded: Loaded) -> str:
+        towers = "vision_model" if self.scopes is not None else "(vision_model|text_model)"
+        return rf".*{towers}\.encoder\.layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj|out_proj)"
+
+
+class ClipClassifier(nn.Module):
+    """CLIP image tower + a linear head on normalised image embeddings (the WiSE-FT formulation).
+
+    Initialised from the class-prompt text embeddings times the logit scale, the head *is* CLIP's
+    zero-shot classifier, so training starts from the zero-shot baseline instead of from chance.
+    """
+
+    def __init__(self, backbone: nn.Module, num_labels: int, embed_dim: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(embed_dim, num_labels)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.head(_embed(self.backbone.get_image_features, pixel_values=pixel_values))
+
+
+@register("classify")
+class ClassifyTask(DualEncoderTask):
+    required = ("image", "label")
+    primary_metric = "accuracy"
+    uses_labels = True
+    scopes = ("vision_model.", "visual_projection.")
+
+    def __init__(
+        self,
+        labels: list[str] | None = None,
+        prompt_template: str = DEFAULT_PROMPT,
+        class_weights: list[float] | None = None,
+        **options: Any,
+    ) -> None:
+        super().__init__(**options)
+        if "{}" not in prompt_template:
+            raise ConfigError(f"prompt template {prompt_template!r} must contain '{{}}' where the label goes")
+        self.labels = list(labels) if labels else None
+        self.prompt_template = prompt_template
+        self.class_weights = class_weights
+
+    def load(self, source: str | Path, *, scratch: bool = False, trust_remote_code: bool = False) -> Loaded:
+        backbone, processor = load_backbone(source, scratch=scratch, trust_remote_code=trust_remote_code)
+        saved = read_meta(Path(source)) if Path(source).is_dir() else None
+        saved_head = saved is not None and saved.get("task") == "classify" and not scratch
+        if self.labels is None:
+            if not saved_head:
+                raise ConfigError(
+                    f"task classify needs class labels: {source} is not a modaltune classifier, so pass "
+                    "labels (--labels a,b,c) or training data"
+                )
+            self.labels = list(saved["labels"])
+            self.prompt_template = saved.get("prompt_template", self.prompt_template)
+        embed_dim = unwrap(backbone).config.projection_dim
+        model = ClipClassifier(backbone, len(self.labels), embed_dim)
+        if saved_head and list(saved["labels"]) == self.labels:
+            model.head.load_state_dict(load_file(str(Path(source) / HEAD_FILE)))
+        else:
+            self._init_head_from_prompts(model, processor)
+        return Loaded(model=model, processor=processor, meta={"labels": self.labels})
+
+    @torch.no_grad()
+    def _init_head_from_prompts(self, model: ClipClassifier, processor: Any) -> None:
+        prompts = [self.prompt_template.format(label) for label in self.labels]
+        text = _embed(model.backbone.get_text_features, **_tokenize(processor, model.backbone, prompts))
+        scale = unwrap(model.backbone).logit_scale.exp()
+        model.head.weight.copy_(scale * text)
+        model.head.bias.zero_()
+
+    def collate(self, loaded: Loaded, items: list[tuple[Row, Any]]) -> dict[str, torch.Tensor]:
+        batch = {"pixel_values": _pixels(loaded.processor, [image for _, image in items])}
+        if all(row.label is not None for row, _ in items):
+            index = {label: i for i, label in enumerate(self.labels)}
+            batch["labels"] = torch.tensor([index[row.label] for row, _ in items])
+        return batch
+
+    def loss(self, loaded: Loaded, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        logits = loaded.model(batch["pixel_values"])
+        weight = None
+        if self.class_weights is not None:
+            weight = torch.tensor(self.class_weights, dtype=logits.dtype, device=logits.device)
+        return F.cross_entropy(logits.float(), batch["labels"], weight=weight)
+
+    def outputs(self, loaded: Loaded, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"logits": loaded.model(batch["pixel_values"]).float()}
+
+    def evaluate(self, loaded: Loaded, outputs: dict[str, torch.Tensor], rows: list[Row]) -> dict[str, Any]:
+        from modaltune.metrics import classification_metrics
+
+        index = {label: i for i, label in enumerate(self.labels)}
+        unknown = sorted({row.label for row in rows} - set(index))
+        if unknown:
+            raise ModaltuneError(
+                f"evaluation labels {unknown} are not among the model's labels {self.labels}; "
+                "evaluate on data with the same classes the model was trained on"
+            )
+        targets = [index[row.label] for row in rows]
+        logits = outputs["logits"]
+        metrics = classification_metrics(logits.argmax(-1).tolist(), targets, self.labels)
+        metrics["loss"] = round(float(F.cross_entropy(logits, torch.tensor(targets))), 6)
+        return metrics
+
+    def predict(self, loaded: Loaded, outputs: dict[str, torch.Tensor], rows: list[Row]) -> list[dict]:
+        probs = outputs["logits"].softmax(-1)
+        k = min(5, len(self.labels))
+        results = []
+        for row, p in zip(rows, probs):
+            top = p.topk(k)
+            ranked = [{"label": self.labels[i], "score": round(float(s), 6)} for s, i in zip(*top)]
+            results.append({"input": row.id, "label": ranked[0]["label"], "score": ranked[0]["score"],
+                            "top": ranked})
+        return results
+
+    def probe_parameters(self, loaded: Loaded) -> list[str]:
+        return ["head."]
+
+    def save(self, loaded: Loaded, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        backbone = loaded.model.backbone
+        backbone.config.id2label = dict(enumerate(self.labels))
+        backbone.config.label2id = {label: i for i, label in enumerate(self.labels)}
+        backbone.save_pretrained(directory)
+        loaded.processor.save_pretrained(directory)
+        head = {k: v.detach().contiguous().cpu() for k, v in loaded.model.head.state_dict().items()}
+        save_file(head, str(directory / HEAD_FILE))
+        _write_meta(directory, {
+            "task": "classify", "labels": self.labels, "prompt_template": self.prompt_template,
+            "head": HEAD_FILE,
+            "usage": "logits = normalize(model.get_image_features(pixel_values).pooler_output) "
+                     "@ weight.T + bias, with weight/bias from classifier.safetensors",
+        })
+
+
+class ClipPairs(nn.Module):
+    """The whole dual encoder; a module of its own so every task model has `.backbone`."""
+
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+
+
+@register("retrieve")
+class RetrieveTask(DualEncoderTask):
+    required = ("image", "text")
+    primary_metric = "r_mean"
+    uses_labels = False
+
+    def __init__(self, texts: list[str] | None = None, **options: Any) -> None:
+        super().__init__(**options)
+        #: Candidate texts for `predict` (ranked for each image).
+        self.texts = list(texts) if texts else None
+
+    def load(self, source: str | Path, *, scratch: bool = False, trust_remote_code: bool = False) -> Loaded:
+        backbone, processor = load_backbone(source, scratch=scratch, trust_remote_code=trust_remote_code)
+        return Loaded(model=ClipPairs(backbone), processor=processor)
+
+    def collate(self, loaded: Loaded, items: list[tuple[Row, Any]]) -> dict[str, torch.Tensor]:
+        batch = {"pixel_values": _pixels(loaded.processor, [image for _, image in items])}
+        texts = [row.text for row, _ in items]
+        if all(texts):
+            batch.update(_tokenize(loaded.processor, loaded.model.backbone, texts))
+        return batch
+
+    def loss(self, loaded: Loaded, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        # The model's own contrastive loss (symmetric InfoNCE for CLIP, sigmoid loss for SigLIP).
+        return loaded.model.backbone(**batch, return_loss=True).loss
+
+    def outputs(self, loaded: Loaded, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        backbone = loaded.model.backbone
+        out = {"image_embeds": _embed(backbone.get_image_features, pixel_values=batch["pixel_values"])}
+        if "input_ids" in batch:
+            text_inputs = {k: batch[k] for k in ("input_ids", "attention_mask") if k in batch}
+            out["text_embeds"] = _embed(backbone.get_text_features, **text_inputs)
+        return {k: v.float() for k, v in out.items()}
+
+    def evaluate(self, loaded: Loaded, outputs: dict[str, torch.Tensor], rows: list[Row]) -> dict[str, Any]:
+        from modaltune.metrics import retrieval_metrics
+
+        similarity = outputs["image_embeds"] @ outputs["text_embeds"].T
+        metrics = retrieval_metrics(similarity, [str(r.image) for r in rows], [r.text or "" for r in rows])
+        scale = unwrap(loaded.model.backbone).logit_scale.exp().item()
+        logits = similarity * scale
+        target = torch.arange(len(rows))
+        loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+        metrics["loss"] = round(float(loss), 6)
+        return metrics
+
+    def predict(self, loaded: Loaded, outputs: dict[str, torch.Tensor], rows: list[Row]) -> list[dict]:
+        if not self.texts:
+            return [{"input": row.id, "embedding": emb.tolist()} for row, emb in zip(rows, outputs["image_embeds"])]
+        text = _embed(loaded.model.backbone.get_text_features,
+                      **_tokenize(loaded.processor, loaded.model.backbone, self.texts)).float()
+        probs = (outputs["image_embeds"] @ text.T * unwrap(loaded.model.backbone).logit_scale.exp()).softmax(-1)
+        results = []
+        for row, p in zip(rows, probs):
+            order = p.argsort(descending=True)[:5].tolist()
+            ranked = [{"text": self.texts[i], "score": round(float(p[i]), 6)} for i in order]
+            results.append({"input": row.id, "text": ranked[0]["text"], "score": ranked[0]["score"], "top": ranked})
+        return results
+
+    def probe_parameters(self, loaded: Loaded) -> list[str]:
+        # A retrieval "head" is the pair of projections into the shared space.
+        return [n for n in self.top_parameters(loaded) if "projection" in n]
+
+    def save(self, loaded: Loaded, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        loaded.model.backbone.save_pretrained(directory)
+        loaded.processor.save_pretrained(directory)
+        _write_meta(directory, {"task": "retrieve"})
+
+
+def _write_meta(directory: Path, meta: dict[str, Any]) -> None:
+    (directory / META_FILE).write_text(json.dumps({"format": 1, **meta}, indent=2) + "\n")

@@ -1,0 +1,94 @@
+"""From rows to batches: media decoding, seeded per-sample augmentation, epoch order.
+
+Randomness here is a pure function of (seed, epoch, index), never of a global RNG state, so a run
+resumed from any step sees exactly the batches and augmentations an uninterrupted run sees, with
+any number of DataLoader workers.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from modaltune.data.rows import Row
+
+Key = tuple[int, int]  # (epoch, row index)
+
+
+class MediaDataset(Dataset):
+    """Rows by (epoch, index) key → (row, decoded image or None)."""
+
+    def __init__(self, rows: Sequence[Row], *, augment: bool = False, seed: int = 0,
+                 max_pixels: int | None = None) -> None:
+        self.rows = list(rows)
+        self.augment = augment
+        self.seed = seed
+        self.max_pixels = max_pixels
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, key: Key | int) -> tuple[Row, Any]:
+        from modaltune.data import augment_image, load_image
+
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        row = self.rows[index]
+        image = None
+        if row.image is not None:
+            image = load_image(row.image) if self.max_pixels is None else load_image(row.image, max_pixels=self.max_pixels)
+            if self.augment:
+                image = augment_image(image, random.Random(f"{self.seed}:{epoch}:{index}"))
+        return row, image
+
+
+def epoch_order(n: int, *, seed: int, epoch: int, weights: Sequence[float] | None = None) -> list[int]:
+    """A permutation of the rows (or, with ``weights``, n draws with replacement: oversampling)."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    if weights is None:
+        return torch.randperm(n, generator=generator).tolist()
+    probs = torch.as_tensor(weights, dtype=torch.double)
+    return torch.multinomial(probs, n, replacement=True, generator=generator).tolist()
+
+
+def oversample_weights(labels: Sequence[str]) -> list[float]:
+    """Per-row sampling weights that make every class equally likely in expectation."""
+    counts: dict[str, int] = {}
+    for label in labels:
+        counts[label] = counts.get(label, 0) + 1
+    return [1.0 / counts[label] for label in labels]
+
+
+def class_weights(labels: Sequence[str], classes: Sequence[str]) -> list[float]:
+    """Inverse-frequency loss weights, normalised to mean 1 over the classes that occur."""
+    counts = {c: 0 for c in classes}
+    for label in labels:
+        counts[label] += 1
+    present = [c for c in classes if counts[c]]
+    raw = {c: len(labels) / (len(present) * counts[c]) for c in present}
+    return [raw.get(c, 0.0) for c in classes]
+
+
+def chunk(items: Sequence[Any], size: int) -> list[list[Any]]:
+    return [list(items[i:i + size]) for i in range(0, len(items), size)]
+
+
+def steps_per_epoch(n: int, batch_size: int, grad_accum: int) -> int:
+    return math.ceil(math.ceil(n / batch_size) / grad_accum)
+
+
+def loader(
+    dataset: MediaDataset, batches: list[list[Key]], collate: Callable[[list], dict[str, torch.Tensor]],
+    *, workers: int = 0,
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Batches in the given order; decoding and the processor run in ``workers`` processes."""
+    if not batches:
+        return iter(())
+    # An explicit generator: otherwise creating the iterator draws from the global RNG, and a resumed
+    # run (which creates one more iterator mid-epoch) would see different dropout masks.
+    return iter(DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=workers,
+                           pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(0)))

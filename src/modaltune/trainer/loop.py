@@ -1,0 +1,268 @@
+"""The training recipe, top to bottom: one loop for every task family and strategy.
+
+Accelerate provides the device, autocast for ``--precision bf16`` and backward/clipping. The loop
+owns data order, gradient accumulation, evaluation, checkpoints and resume so that a run killed at
+any point and resumed ends with bit-identical weights.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from modaltune.config import TrainConfig
+from modaltune.data.rows import Row
+from modaltune.errors import ModaltuneError
+from modaltune.inference import evaluate_rows
+from modaltune.run import RunDir
+from modaltune.tasks.base import Loaded, Task
+from modaltune.trainer import checkpoint as ckpt
+from modaltune.trainer.batches import MediaDataset, chunk, epoch_order, loader, oversample_weights, steps_per_epoch
+
+#: Fault injection for the crash-resume tests: SIGKILL this process after this many micro-batches.
+KILL_ENV = "MODALTUNE_FAULT_KILL_AT_MICROSTEP"
+EXIT_SIGTERM = 143
+
+
+@dataclass
+class FitResult:
+    state: ckpt.TrainerState
+    seconds: float
+    stopped_early: bool
+    restored_best: bool
+
+
+class _Terminate:
+    """SIGTERM sets a flag; the loop finishes the optimizer step, checkpoints and exits 143."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> "_Terminate":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def make_accelerator(precision: str) -> Any:
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    # Accelerate keeps one process-wide state; a library may run several fits in one process
+    # (compare, tests) with different precisions, so start each from a clean state.
+    AcceleratorState._reset_state(reset_partial_state=True)
+    return Accelerator(mixed_precision="bf16" if precision == "bf16" else "no")
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            # Weight decay on biases, norms and scalars (logit scale) only hurts: decay matrices alone.
+            (decay if param.ndim >= 2 else no_decay).append(param)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [g for g in groups if g["params"]]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.learning_rate, momentum=cfg.momentum)
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int) -> Any:
+    from transformers import get_scheduler
+
+    name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[cfg.schedule]
+    return get_scheduler(name, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total_steps),
+                         num_training_steps=total_steps)
+
+
+def fit(
+    cfg: TrainConfig,
+    task: Task,
+    loaded: Loaded,
+    train_rows: Sequence[Row],
+    val_rows: Sequence[Row],
+    run: RunDir,
+    *,
+    resume: bool = False,
+    progress: Any = None,
+) -> FitResult:
+    started = time.perf_counter()
+    accelerator = make_accelerator(cfg.precision)
+    model = loaded.model.to(accelerator.device)
+    model.train()
+
+    # ---- the plan: data order is a function of (seed, epoch) only -------------------------------
+    per_epoch = steps_per_epoch(len(train_rows), cfg.batch_size, cfg.grad_accum)
+    total_steps = per_epoch * cfg.epochs
+    if cfg.max_steps is not None:
+        total_steps = min(total_steps, cfg.max_steps)
+    weights = None
+    if cfg.balance == "oversample":
+        weights = oversample_weights([row.label for row in train_rows])
+    dataset = MediaDataset(train_rows, augment=cfg.augment, seed=cfg.seed)
+
+    def collate(items: list) -> dict[str, torch.Tensor]:
+        return task.collate(loaded, items)
+
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, cfg, total_steps)
+    state = ckpt.TrainerState()
+
+    # ---- resume -------------------------------------------------------------------------------
+    if resume:
+        found, problems = ckpt.latest_valid(run.checkpoints)
+        for problem in problems:
+            print(f"warning: skipping {problem}")
+        if found is None:
+            raise ModaltuneError(f"nothing to resume in {run.root}: no valid checkpoint under {run.checkpoints}")
+        state = ckpt.load_checkpoint(found, model=model, optimizer=optimizer, scheduler=scheduler)
+        run.truncate_history(state.history_lines)
+    else:
+        torch.manual_seed(cfg.seed)  # dropout and any other in-loop randomness
+
+    eval_every = cfg.eval_every or per_epoch
+    save_every = cfg.save_every or per_epoch
+    kill_at = int(os.environ.get(KILL_ENV, "0") or 0)
+    micro_seen = 0
+    stopped_early = False
+
+    def log(entry: dict[str, Any]) -> None:
+        run.append_history(entry)
+        state.history_lines += 1
+
+    def checkpoint() -> None:
+        ckpt.save_checkpoint(run.checkpoints, model=model, optimizer=optimizer, scheduler=scheduler, state=state)
+        protect = {state.best_step} if state.best_step is not None else set()
+        ckpt.prune(run.checkpoints, keep_last=cfg.keep_last, protect=protect)
+
+    def evaluate() -> bool:
+        """Evaluate on validation data; True when early stopping says stop."""
+        if not val_rows:
+            return False
+        metrics = evaluate_rows(task, loaded, val_rows, batch_size=cfg.eval_batch_size, workers=cfg.workers,
+                                autocast=accelerator.autocast)
+        score = float(metrics[task.primary_metric])
+        log({"kind": "eval", "step": state.step, "epoch": state.epoch,
+             **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}})
+        if state.best_metric is None or score > state.best_metric:
+            state.best_metric, state.best_step, state.evals_without_improvement = score, state.step, 0
+        else:
+            state.evals_without_improvement += 1
+        return cfg.early_stopping is not None and state.evals_without_improvement >= cfg.early_stopping
+
+    with _Terminate() as terminate, _shown(progress, total_steps, state.step):
+        while state.step < total_steps and not stopped_early:
+            order = epoch_order(len(train_rows), seed=cfg.seed, epoch=state.epoch, weights=weights)
+            groups = chunk(chunk([(state.epoch, i) for i in order], cfg.batch_size), cfg.grad_accum)
+            pending = groups[state.group_in_epoch:]
+            batches = loader(dataset, [b for g in pending for b in g], collate, workers=cfg.workers)
+            for group in pending:
+                # -- one optimizer step over the micro-batches of this group --
+                losses, finite = [], True
+                for _ in group:
+                    batch = {k: v.to(accelerator.device) for k, v in next(batches).items()}
+                    with accelerator.autocast():
+                        loss = task.loss(loaded, batch)
+                    if not torch.isfinite(loss):
+                        finite = False
+                        continue
+                    accelerator.backward(loss / len(group))
+                    losses.append(loss.item())
+                    micro_seen += 1
+                    if kill_at and micro_seen == kill_at:
+                        os.kill(os.getpid(), signal.SIGKILL)
+                grad_norm = None
+                if finite and cfg.max_grad_norm is not None:
+                    grad_norm = float(accelerator.clip_grad_norm_(
+                        [p for p in model.parameters() if p.requires_grad], cfg.max_grad_norm))
+                    finite = math.isfinite(grad_norm)
+                if finite:
+                    optimizer.step()
+                    state.bad_steps_in_a_row = 0
+                else:
+                    _bad_step(cfg, state)
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
+                state.step += 1
+                state.group_in_epoch += 1
+                log({"kind": "step", "step": state.step, "epoch": state.epoch,
+                     "loss": sum(losses) / len(losses) if losses else None,
+                     "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm, "skipped": not finite})
+                if progress is not None:
+                    progress.advance(state.step, losses[-1] if losses else float("nan"))
+
+                end_of_epoch = state.group_in_epoch == len(groups)
+                if end_of_epoch:
+                    state.epoch += 1
+                    state.group_in_epoch = 0
+                done = state.step >= total_steps
+                if state.step % eval_every == 0 or end_of_epoch or done:
+                    stopped_early = evaluate()
+                    checkpoint()
+                elif state.step % save_every == 0 or terminate.requested:
+                    checkpoint()
+                if terminate.requested:
+                    raise SystemExit(EXIT_SIGTERM)
+                if done or stopped_early or end_of_epoch:
+                    break
+
+    restored = _restore_best(run, model, state)
+    return FitResult(state=state, seconds=time.perf_counter() - started, stopped_early=stopped_early,
+                     restored_best=restored)
+
+
+@contextmanager
+def _shown(progress: Any, total: int, completed: int) -> Iterator[None]:
+    if progress is None:
+        yield
+        return
+    progress.start(total, completed)
+    try:
+        yield
+    finally:
+        progress.stop()
+
+
+def _bad_step(cfg: TrainConfig, state: ckpt.TrainerState) -> None:
+    where = f"step {state.step + 1} (epoch {state.epoch + 1})"
+    if cfg.nan_policy == "raise":
+        raise ModaltuneError(
+            f"loss or gradient became NaN/inf at {where}. Lower --lr, use --precision fp32, check the data, "
+            "or pass --nan-policy skip to skip such steps"
+        )
+    state.bad_steps_in_a_row += 1
+    state.skipped_steps += 1
+    if state.bad_steps_in_a_row >= cfg.max_bad_steps:
+        raise ModaltuneError(
+            f"{state.bad_steps_in_a_row} optimizer steps in a row had a NaN/inf loss (last at {where}); "
+            "training is diverging: lower --lr or check the data"
+        )
+
+
+def _restore_best(run: RunDir, model: nn.Module, state: ckpt.TrainerState) -> bool:
+    """Put the best-validated weights back (when validation ran and the best is not the last step)."""
+    if state.best_step is None or state.best_step == state.step:
+        return False
+    path = run.checkpoints / f"{ckpt.PREFIX}{state.best_step:08d}"
+    if not path.is_dir():
+        return False
+    ckpt.load_weights(path, model)
+    return True

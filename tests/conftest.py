@@ -1,0 +1,61 @@
+"""Session setup shared by every test: offline Hugging Face, small thread pools, tiny fixtures.
+
+The fixtures build real artefacts (a CLIP saved with `save_pretrained`, PNG folders, a JSONL
+manifest) in temp dirs once per session. They are shared: tests must read them, never modify
+them (copy to `tmp_path` first).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+# Before anything imports transformers / huggingface_hub: they read these once, at import time.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+# Run from a plain checkout too (no `pip install -e .`): put src/ on the path if needed.
+_SRC = Path(__file__).resolve().parents[1] / "src"
+try:
+    import modaltune  # noqa: F401
+except ImportError:
+    sys.path.insert(0, str(_SRC))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from modaltune.data.synthetic import vocabulary_texts, write_caption_corpus, write_classification_folder  # noqa: E402
+from modaltune.tiny import build_clip  # noqa: E402
+
+torch.set_num_threads(2)  # tiny models gain nothing from more, and parallel test workers stay polite
+
+TINY_CLIP = dict(
+    hidden_size=32, layers=2, heads=4, intermediate_size=37, image_size=32, patch_size=8, max_text_len=16
+)
+SHAPE_CLASSES = ["circle", "square", "triangle"]
+SHAPE_COUNTS = {"train": 6, "val": 4}
+N_CAPTIONS = 24
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Directory of a random tiny CLIP (hidden 32, 2 layers, 32px images) with its processor."""
+    return build_clip(tmp_path_factory.mktemp("tiny-clip"), texts=vocabulary_texts(), seed=0, **TINY_CLIP)
+
+
+@pytest.fixture(scope="session")
+def shape_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`root/{train,val}/{circle,square,triangle}/*.png`: 6 train and 4 val 32px images per class."""
+    root = tmp_path_factory.mktemp("shapes")
+    return write_classification_folder(
+        root, classes=SHAPE_CLASSES, attribute="shape", per_class=SHAPE_COUNTS, seed=0, image_size=32
+    )
+
+
+@pytest.fixture(scope="session")
+def caption_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`captions.jsonl` with 24 image/text pairs (32px PNGs under `images/` beside it)."""
+    return write_caption_corpus(tmp_path_factory.mktemp("captions"), N_CAPTIONS, seed=0, image_size=32)
