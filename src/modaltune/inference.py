@@ -41,10 +41,12 @@ def compute_outputs(
     return {k: torch.cat(v) for k, v in parts.items()}
 
 
+@torch.no_grad()
 def evaluate_rows(task: Task, loaded: Loaded, rows: Sequence[Row], **kwargs: Any) -> dict[str, Any]:
     return task.evaluate(loaded, compute_outputs(task, loaded, rows, **kwargs), list(rows))
 
 
+@torch.no_grad()
 def predict_rows(task: Task, loaded: Loaded, rows: Sequence[Row], **kwargs: Any) -> list[dict]:
     return task.predict(loaded, compute_outputs(task, loaded, rows, **kwargs), list(rows))
 

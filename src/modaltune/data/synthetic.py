@@ -5,7 +5,7 @@ Generators only, never the global RNGs), and each class/split draws from its own
 asking for more training images keeps the first ones and leaves val/test untouched.
 
 Styles give a controllable domain shift: the same scene drawn `plain`, over `noise`, over
-`stripes`, as an `outline`, `dark` (under-exposed) or `blur`red.
+`stripes`, as an `outline`, `dark` (under-exposed) or blurred (`blur`).
 """
 
 from __future__ import annotations

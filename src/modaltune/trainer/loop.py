@@ -12,6 +12,7 @@ import os
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -200,7 +201,11 @@ def fit(
                 else:
                     _bad_step(cfg, state)
                 optimizer.zero_grad(set_to_none=True)
-                scheduler.step()
+                with warnings.catch_warnings():
+                    # A skipped first step trips torch's "scheduler before optimizer" warning; the
+                    # schedule deliberately follows step count, skipped steps included.
+                    warnings.simplefilter("ignore", UserWarning)
+                    scheduler.step()
                 state.step += 1
                 state.group_in_epoch += 1
                 log({"kind": "step", "step": state.step, "epoch": state.epoch,
