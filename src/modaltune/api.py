@@ -11,7 +11,7 @@ import torch
 
 from modaltune.config import TrainConfig
 from modaltune.data.rows import Row
-from modaltune.errors import ConfigError, DataError, ModaltuneError
+from modaltune.errors import ConfigError, DataError
 from modaltune.run import RunDir, resolve_model_dir
 from modaltune.tasks.base import Loaded, Task, create_task, read_meta, task_class
 

@@ -62,7 +62,7 @@ class TrainConfig(BaseModel):
     trust_remote_code: bool = False
 
     @model_validator(mode="after")
-    def _check(self) -> "TrainConfig":
+    def _check(self) -> TrainConfig:
         if self.layers is not None and self.strategy != "last-n":
             raise ValueError(f"layers is only used by strategy last-n (strategy is {self.strategy!r})")
         if self.strategy == "last-n" and self.layers is None:

@@ -45,7 +45,7 @@ class RunDir:
     def report(self) -> Path:
         return self.root / "report.html"
 
-    def create(self) -> "RunDir":
+    def create(self) -> RunDir:
         for folder in (self.root, self.plots):
             folder.mkdir(parents=True, exist_ok=True)
         return self

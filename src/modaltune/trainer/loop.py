@@ -28,7 +28,14 @@ from modaltune.inference import evaluate_rows
 from modaltune.run import RunDir
 from modaltune.tasks.base import Loaded, Task
 from modaltune.trainer import checkpoint as ckpt
-from modaltune.trainer.batches import MediaDataset, chunk, epoch_order, loader, oversample_weights, steps_per_epoch
+from modaltune.trainer.batches import (
+    MediaDataset,
+    chunk,
+    epoch_order,
+    loader,
+    oversample_weights,
+    steps_per_epoch,
+)
 
 #: Fault injection for the crash-resume tests: SIGKILL this process after this many micro-batches.
 KILL_ENV = "MODALTUNE_FAULT_KILL_AT_MICROSTEP"
@@ -50,7 +57,7 @@ class _Terminate:
         self.requested = False
         self._previous: Any = None
 
-    def __enter__(self) -> "_Terminate":
+    def __enter__(self) -> _Terminate:
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, self._handle)
         return self
@@ -75,7 +82,7 @@ def make_accelerator(precision: str) -> Any:
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     decay, no_decay = [], []
-    for name, param in model.named_parameters():
+    for param in model.parameters():
         if param.requires_grad:
             # Weight decay on biases, norms and scalars (logit scale) only hurts: decay matrices alone.
             (decay if param.ndim >= 2 else no_decay).append(param)
