@@ -60,3 +60,26 @@ def shape_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def caption_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`captions.jsonl` with 24 image/text pairs (32px PNGs under `images/` beside it)."""
     return write_caption_corpus(tmp_path_factory.mktemp("captions"), N_CAPTIONS, seed=0, image_size=32)
+
+
+@pytest.fixture()
+def run_cli(capsys: pytest.CaptureFixture[str]):
+    """Run ``modaltune ARGS`` in-process; returns an object with returncode, stdout and stderr."""
+    import sys
+    from types import SimpleNamespace
+
+    from modaltune.cli import main
+
+    def run(*args: str) -> SimpleNamespace:
+        old, sys.argv = sys.argv, ["modaltune", *args]
+        code = 0
+        try:
+            main()
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        finally:
+            sys.argv = old
+        out, err = capsys.readouterr()
+        return SimpleNamespace(returncode=code, stdout=out, stderr=err)
+
+    return run

@@ -121,7 +121,8 @@ def test_classify_run_directory_eval_predict_and_rerun(capsys, tiny_clip, shape_
 
 def test_retrieve_lora_saves_merged_model_and_peft_adapter(capsys, tiny_clip, caption_manifest, tmp_path):
     run = tmp_path / "run"
-    code, _, err = cli(capsys, "train", "--task", "retrieve", "--model", str(tiny_clip), "--data", str(caption_manifest),
+    code, _, err = cli(capsys, "train", "--task", "retrieve", "--model", str(tiny_clip),
+                       "--data", str(caption_manifest),
                        "--strategy", "lora", "--epochs", "2", "--batch-size", "8", "--lr", "1e-2", "--quiet",
                        "--output", str(run))
     assert code == 0, err

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from modaltune.demo import STRATEGIES, run_demo
+from modaltune.demo import KEEP, STRATEGIES, run_demo
 
 KEYS = {"strategy", "trainable_params", "accuracy", "seconds"}
 
@@ -38,7 +38,7 @@ def test_quick_demo_writes_every_output_and_reuses_the_cached_base(tmp_path: Pat
 
     rows = json.loads((output / "demo_results.json").read_text())
     assert rows == results
-    assert [r["strategy"] for r in rows] == list(STRATEGIES)
+    assert [r["strategy"] for r in rows] == [*STRATEGIES, KEEP]
     for row in rows:
         assert KEYS <= row.keys()
         assert 0.0 <= row["accuracy"] <= 1.0 and math.isfinite(row["accuracy"])
@@ -46,6 +46,15 @@ def test_quick_demo_writes_every_output_and_reuses_the_cached_base(tmp_path: Pat
         assert isinstance(row["trainable_params"], int) and row["trainable_params"] >= 0
         assert (Path(row["run_dir"]) / "metrics.json").is_file()
     by_name = {r["strategy"]: r for r in rows}
+    assert sum(r["advisor_pick"] for r in rows) == 1  # the advisor's pick is marked
+    for row in rows:  # the forgetting column: old-task accuracy before and after
+        assert 0.0 <= row["old_task_accuracy"] <= 1.0
+        if row["strategy"] == "scratch":
+            assert row["forgetting"] is None  # scratch never had the base model's knowledge
+        else:
+            assert row["forgetting"] == pytest.approx(row["old_task_before"] - row["old_task_accuracy"], abs=1e-6)
+    assert by_name["zero-shot"]["forgetting"] == 0.0
+    assert by_name[KEEP]["wise_ft_alpha"] is not None
     assert by_name["zero-shot"]["trainable_params"] == 0
     assert 0 < by_name["linear-probe"]["trainable_params"] < by_name["full"]["trainable_params"]
     assert 0 < by_name["lora"]["trainable_params"] < by_name["full"]["trainable_params"]
@@ -67,7 +76,7 @@ def test_quick_demo_writes_every_output_and_reuses_the_cached_base(tmp_path: Pat
     assert "skipping source corpus and pretraining" in text.getvalue()
     assert [p for p in (cache / "demo-base").iterdir()] == entries
     assert (entries[0] / "demo_base.json").stat().st_mtime_ns == stamp
-    assert [r["strategy"] for r in again] == list(STRATEGIES)
+    assert [r["strategy"] for r in again] == [*STRATEGIES, KEEP]
     # Same cached base, seed and data: the same numbers.
     assert [r["accuracy"] for r in again] == [r["accuracy"] for r in results]
 

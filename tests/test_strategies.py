@@ -39,7 +39,8 @@ def _canonical(name: str) -> str:
 
 @pytest.mark.parametrize("task_name", list_tasks())
 @pytest.mark.parametrize("strategy", TRAINED)
-def test_strategy_trains_exactly_its_parameters(task_name, strategy, tiny_clip, shape_folder, caption_manifest, tmp_path):
+def test_strategy_trains_exactly_its_parameters(task_name, strategy, tiny_clip, shape_folder, caption_manifest,
+                                                tmp_path):
     task, rows = _make(task_name, _data_for(task_name, shape_folder, caption_manifest))
     torch.manual_seed(0)
     loaded = task.load(tiny_clip, scratch=strategy == "scratch")
@@ -57,7 +58,8 @@ def test_strategy_trains_exactly_its_parameters(task_name, strategy, tiny_clip, 
     after = dict(loaded.model.named_parameters())
     for name, param in after.items():
         if name in trainable and "lora_" not in name:
-            assert not torch.equal(param.detach(), base[_canonical(name)]), f"{strategy}: trainable {name} did not change"
+            changed = not torch.equal(param.detach(), base[_canonical(name)])
+            assert changed, f"{strategy}: trainable {name} did not change"
         elif name in trainable:
             assert "lora_" in name  # adapters are new: nothing to compare with, but they must have moved
         else:
@@ -120,7 +122,8 @@ def test_scratch_never_reads_pretrained_weights(tiny_clip, shape_folder, tmp_pat
     a = dict(scratch.model.backbone.named_parameters())
     b = dict(pretrained.model.backbone.named_parameters())
     assert a.keys() == b.keys()
-    assert not torch.equal(a["vision_model.encoder.layers.0.mlp.fc1.weight"], b["vision_model.encoder.layers.0.mlp.fc1.weight"])
+    key = "vision_model.encoder.layers.0.mlp.fc1.weight"
+    assert not torch.equal(a[key], b[key])
 
 
 def test_last_n_rejects_bad_layer_counts(tiny_clip, shape_folder):

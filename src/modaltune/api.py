@@ -76,6 +76,7 @@ def device() -> torch.device:
 def train(cfg: TrainConfig, *, resume: bool = False, progress: Any = None) -> dict[str, Any]:
     """Run ``cfg`` end to end into ``cfg.output``; returns the metrics written to ``metrics.json``."""
     from modaltune import report as reporting
+    from modaltune.forgetting import Anchor, forgetting_report, load_old_task, score_old_task
     from modaltune.inference import evaluate_rows
     from modaltune.strategies import LoraOptions, apply_strategy, export
     from modaltune.trainer.batches import class_weights
@@ -97,20 +98,50 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Any = None) -> di
     run.config.write_text(cfg.to_yaml())
     run.write_json(run.data_report, splits.report)
 
+    old_task = replay = None
+    if cfg.old_task is not None:
+        old_task = load_old_task(cfg.old_task, task_cls, explicit=cfg.old_task_type, purpose="eval",
+                                 prompt_template=cfg.prompt_template, skip_bad=cfg.skip_bad)
+    if cfg.replay is not None:
+        replay = load_old_task(cfg.replay, task_cls, explicit=cfg.old_task_type, purpose="train",
+                               prompt_template=cfg.prompt_template, skip_bad=cfg.skip_bad)
+
+    advice = loaded = None
+    if cfg.strategy == "auto":
+        # Advised from the base model as it is; config.yaml keeps `auto`, so a rerun advises again.
+        loaded = task.load(cfg.model, trust_remote_code=cfg.trust_remote_code)
+        advice = advise_for(cfg, task, loaded, splits)
+        cfg = cfg.model_copy(update={
+            "strategy": advice.strategy, "layers": advice.layers,
+            "lr": cfg.lr if cfg.lr is not None else advice.lr,
+            "epochs": cfg.epochs if cfg.epochs is not None else advice.epochs,
+        })
+        if advice.strategy == "scratch":
+            loaded = None  # scratch must not start from the weights just read
+
     scratch = cfg.strategy == "scratch"
     torch.manual_seed(cfg.seed)  # scratch init and LoRA init are drawn from here
-    loaded = task.load(cfg.model, scratch=scratch, trust_remote_code=cfg.trust_remote_code)
+    if loaded is None:
+        loaded = task.load(cfg.model, scratch=scratch, trust_remote_code=cfg.trust_remote_code)
+    loaded.model.to(device())
 
     baseline: dict[str, Any] = {"skipped": "scratch never reads the pretrained weights"} if scratch else {}
     if not scratch and cfg.zero_shot_baseline and splits.val:
-        loaded.model.to(device())
         baseline = evaluate_rows(task, loaded, splits.val, batch_size=cfg.eval_batch_size, workers=cfg.workers)
+    old_before = None
+    if old_task is not None and not scratch:
+        old_before = score_old_task(old_task, loaded, batch_size=cfg.eval_batch_size, workers=cfg.workers)
 
     info = apply_strategy(task, loaded, cfg.strategy, layers=cfg.layers,
                           lora=LoraOptions(cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout))
+    anchor = Anchor.capture(loaded.model) if (cfg.wise_ft is not None or cfg.l2sp) else None
     result = None
     if cfg.strategy != "zero-shot":
-        result = fit(cfg, task, loaded, splits.train, splits.val, run, resume=resume, progress=progress)
+        result = fit(cfg, task, loaded, splits.train, splits.val, run, resume=resume, progress=progress,
+                     replay=replay, anchor=anchor)
+    wise = None
+    if cfg.wise_ft is not None and anchor is not None:
+        wise = _wise_ft(cfg, task, loaded, splits.val, anchor, old_task, old_before)
     loaded.model.to("cpu")
     export(task, loaded, run.model)
 
@@ -118,9 +149,25 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Any = None) -> di
     final: dict[str, Any] = {}
     if splits.val:
         final = evaluate(run.model, rows=splits.val, batch_size=cfg.eval_batch_size)
+    extra: dict[str, Any] = {}
+    if old_task is not None:
+        _, exported = load_model(run.model)
+        after = score_old_task(old_task, exported, batch_size=cfg.eval_batch_size, workers=cfg.workers)
+        extra["forgetting"] = forgetting_report(old_task, old_before, after)
+        del exported
+    if advice is not None:
+        extra["advice"] = advice.to_dict()
+    if wise is not None:
+        extra["wise_ft"] = wise.to_dict()
+    if replay is not None:
+        extra["replay"] = {"data": replay.source, "task": replay.name, "rows": len(replay.rows),
+                           "ratio": cfg.replay_ratio}
+    if cfg.l2sp:
+        extra["l2sp"] = cfg.l2sp
     metrics = {
         **final,
         "zero_shot": baseline,
+        **extra,
         "run": {
             "task": cfg.task, "model": cfg.model, "strategy": info.to_dict(),
             "primary_metric": task.primary_metric,
@@ -139,8 +186,68 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Any = None) -> di
     if "confusion_matrix" in final and splits.labels:
         reporting.plot_confusion_matrix(final["confusion_matrix"], splits.labels, run.plots / "confusion_matrix.png")
     reporting.write_report(run.root, title=f"modaltune · {cfg.task} · {cfg.strategy}", config=cfg.model_dump(),
-                           data_report=splits.report, metrics=metrics, history=run.read_history())
+                           data_report=splits.report, metrics=metrics, history=run.read_history(),
+                           sections=reporting.transfer_sections(metrics))
     return metrics
+
+
+def advise(task: str, model: str, data: str | Path, *, reference: str | Path | None = None, batch_size: int = 16,
+           seed: int = 0, prompt_template: str | None = None, trust_remote_code: bool = False) -> Any:
+    """Measure ``data``'s shift for ``model`` and recommend a strategy (no training)."""
+    from modaltune.forgetting import load_old_task
+
+    cfg = TrainConfig(task=task, model=str(model), data=str(data), batch_size=batch_size, seed=seed,
+                      strategy="auto", trust_remote_code=trust_remote_code,
+                      **({"prompt_template": prompt_template} if prompt_template else {}))
+    task_cls = task_class(task)
+    splits = load_splits(cfg, task_cls)
+    options: dict[str, Any] = {}
+    if splits.labels is not None:
+        options = {"labels": splits.labels, "prompt_template": cfg.prompt_template}
+    instance = create_task(task, **options)
+    loaded = instance.load(model, trust_remote_code=trust_remote_code)
+    ref = None
+    if reference is not None:
+        ref = load_old_task(reference, task_cls, purpose="eval", prompt_template=cfg.prompt_template)
+    return advise_for(cfg, instance, loaded, splits, reference=ref)
+
+
+def advise_for(cfg: TrainConfig, task: Task, loaded: Loaded, splits: Splits, *, reference: Any = None) -> Any:
+    """The advisor's recommendation for training ``cfg``'s data from the base model in ``loaded``."""
+    from modaltune.advisor import ModelFacts, advise, data_facts
+    from modaltune.shift import measure_shift
+
+    loaded.model.to(device())
+    # Measured on every labelled example the model will see (train and validation alike).
+    rows = splits.train + splits.val
+    shift = measure_shift(task, loaded, rows, batch_size=cfg.eval_batch_size, seed=cfg.seed,
+                          reference=reference.rows if reference else None,
+                          reference_task=reference.task if reference else None)
+    depth = min(len(b) for b in task.blocks(loaded).values())
+    params = sum(p.numel() for p in loaded.model.parameters())
+    return advise(data_facts(splits.train, task.uses_labels), ModelFacts(params, depth), shift,
+                  batch_size=cfg.batch_size)
+
+
+def _wise_ft(cfg: TrainConfig, task: Task, loaded: Loaded, val: list[Row], anchor: Any,
+             old_task: Any, old_before: dict[str, Any] | None) -> Any:
+    from modaltune.forgetting import score_old_task, wise_ft
+    from modaltune.inference import evaluate_rows
+
+    if cfg.wise_ft == "auto" and not val:
+        raise ConfigError("--wise-ft auto picks alpha on validation data, and this run has none")
+
+    def target_score() -> float:
+        return float(evaluate_rows(task, loaded, val, batch_size=cfg.eval_batch_size)[task.primary_metric])
+
+    def old_drop() -> float | None:
+        if old_task is None or old_before is None:
+            return None
+        after = score_old_task(old_task, loaded, batch_size=cfg.eval_batch_size)
+        return float(old_before[old_task.metric]) - float(after[old_task.metric])
+
+    return wise_ft(loaded.model, anchor, alpha=cfg.wise_ft, target_score=target_score, old_drop=old_drop,
+                   max_forgetting=cfg.max_forgetting)
 
 
 def _check_output(run: RunDir, cfg: TrainConfig, resume: bool) -> None:

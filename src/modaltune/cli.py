@@ -69,7 +69,8 @@ def train(
     model: Optional[str] = typer.Option(None, help="hub name or local directory of the base model"),
     data: Optional[str] = typer.Option(None, help="training data (folder with train/ val/, CSV, JSONL)"),
     val: Optional[str] = typer.Option(None, help="validation data (default: the data's val/ or a seeded split)"),
-    strategy: Optional[str] = typer.Option(None, help="zero-shot | linear-probe | last-n | full | lora | scratch"),
+    strategy: Optional[str] = typer.Option(
+        None, help="auto | zero-shot | linear-probe | last-n | full | lora | scratch"),
     layers: Optional[int] = typer.Option(None, help="last-n: how many of the last blocks per encoder train"),
     epochs: Optional[int] = typer.Option(None),
     max_steps: Optional[int] = typer.Option(None, help="stop after this many optimizer steps"),
@@ -90,11 +91,20 @@ def train(
     keep_last: Optional[int] = typer.Option(None, help="checkpoints to keep (the best is always kept)"),
     nan_policy: Optional[str] = typer.Option(None, help="raise | skip"),
     max_bad_steps: Optional[int] = typer.Option(None, help="skip policy: abort after this many in a row"),
-    skip_bad: Optional[bool] = typer.Option(None, "--skip-bad/--no-skip-bad", help="skip bad rows (listed in data_report.json)"),
+    skip_bad: Optional[bool] = typer.Option(
+        None, "--skip-bad/--no-skip-bad", help="skip bad rows (listed in data_report.json)"),
     prompt_template: Optional[str] = typer.Option(None, help="classify: class prompt, e.g. 'a photo of a {}.'"),
     lora_rank: Optional[int] = typer.Option(None),
     workers: Optional[int] = typer.Option(None, help="DataLoader worker processes"),
     trust_remote_code: Optional[bool] = typer.Option(None, "--trust-remote-code", help="allow model code from the hub"),
+    old_task: Optional[str] = typer.Option(
+        None, help="data of the base model's original task: scored before/after (forgetting)"),
+    old_task_type: Optional[str] = typer.Option(None, help="task of the old data (default: from its columns)"),
+    replay: Optional[str] = typer.Option(None, help="old-task data mixed into every batch (rehearsal)"),
+    replay_ratio: Optional[float] = typer.Option(None, help="share of each batch from --replay (default 0.5)"),
+    wise_ft: Optional[str] = typer.Option(None, help="WiSE-FT: alpha in [0,1] (0 = base, 1 = fine-tuned) or 'auto'"),
+    max_forgetting: Optional[float] = typer.Option(None, help="wise-ft auto: largest old-task drop allowed"),
+    l2sp: Optional[float] = typer.Option(None, help="L2-SP strength: pull towards the pretrained weights"),
     output: Optional[str] = typer.Option(None, help="run directory"),
     config: Optional[Path] = typer.Option(None, help="YAML config (flags override it)"),
     resume: bool = typer.Option(False, "--resume", help="continue the run in --output from its last checkpoint"),
@@ -116,6 +126,110 @@ def train(
     progress = None if quiet else TrainingProgress(f"{cfg.task}/{cfg.strategy}", console)
     metrics = run_train(cfg, resume=resume, progress=progress)
     _print_metrics(metrics, cfg.output)
+    _print_transfer(metrics)
+
+
+def _print_transfer(metrics: dict) -> None:
+    if "advice" in metrics:
+        advice = metrics["advice"]
+        layers = f" (layers {advice['layers']})" if advice["layers"] else ""
+        Console().print(f"advisor: {advice['strategy']}{layers}")
+        for reason in advice["reasons"]:
+            Console().print(f"  - {reason}")
+    if "wise_ft" in metrics:
+        Console().print(f"WiSE-FT alpha {metrics['wise_ft']['alpha']:.2f} ({metrics['wise_ft']['rule']})")
+    forgetting = metrics.get("forgetting")
+    if forgetting:
+        before = "n/a" if forgetting["before"] is None else f"{forgetting['before']:.4f}"
+        drop = "n/a" if forgetting["drop"] is None else f"{forgetting['drop']:+.4f}"
+        Console().print(f"old task ({forgetting['metric']}): before {before}, after {forgetting['after']:.4f}, "
+                        f"drop {drop}")
+
+
+@app.command()
+def advise(
+    task: str = typer.Option(..., help="classify | retrieve"),
+    model: str = typer.Option(..., help="hub name or local directory of the base model"),
+    data: str = typer.Option(..., help="training data"),
+    reference: Optional[str] = typer.Option(
+        None, help="data the base model knows (its original task): adds a Fréchet distance"),
+    batch_size: int = typer.Option(16, help="the batch size you will train with (for the epoch count)"),
+    prompt_template: Optional[str] = typer.Option(None, help="classify: class prompt, e.g. 'a photo of a {}.'"),
+    seed: int = typer.Option(0),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code"),
+    json_out: bool = typer.Option(False, "--json", help="print the advice as JSON"),
+) -> None:
+    """Measure the domain shift of your data for a base model and recommend a strategy, with reasons."""
+    from modaltune.api import advise as run_advise
+
+    advice = run_advise(task, model, data, reference=reference, batch_size=batch_size, seed=seed,
+                        prompt_template=prompt_template, trust_remote_code=trust_remote_code)
+    if json_out:
+        print(json.dumps(advice.to_dict(), indent=2))
+        return
+    shift = advice.inputs["shift"]
+    table = Table(title=f"domain shift of {data} for {model}")
+    table.add_column("measurement")
+    table.add_column("value", justify="right")
+    for key in ("rows", "zero_shot", "chance", "zero_shot_gain", "separability", "separability_gain", "frechet",
+                "familiarity", "shift"):
+        value = shift.get(key)
+        table.add_row(key, "n/a" if value is None else (f"{value:.4f}" if isinstance(value, float) else str(value)))
+    Console().print(table)
+    Console().print(f"[bold]recommendation:[/] modaltune train {advice.summary()}")
+    for reason in advice.reasons:
+        Console().print(f"  - {reason}")
+
+
+@app.command()
+def compare(
+    task: Optional[str] = typer.Option(None, help="classify | retrieve"),
+    model: Optional[str] = typer.Option(None, help="hub name or local directory of the base model"),
+    data: Optional[str] = typer.Option(None, help="training data"),
+    val: Optional[str] = typer.Option(None, help="validation data (default: the data's val/ or a seeded split)"),
+    strategies: str = typer.Option("zero-shot,linear-probe,last-n,full,lora,scratch", help="comma-separated"),
+    layers: Optional[str] = typer.Option(None, help="last-n layer counts to sweep, e.g. 1,2,4"),
+    epochs: Optional[int] = typer.Option(None),
+    batch_size: Optional[int] = typer.Option(None),
+    lr: Optional[float] = typer.Option(None, help="one learning rate for all (default: each strategy's own)"),
+    seed: Optional[int] = typer.Option(None),
+    prompt_template: Optional[str] = typer.Option(None),
+    old_task: Optional[str] = typer.Option(None, help="old-task data: every strategy's forgetting is measured"),
+    old_task_type: Optional[str] = typer.Option(None),
+    replay: Optional[str] = typer.Option(None, help="rehearse this old-task data in every strategy"),
+    replay_ratio: Optional[float] = typer.Option(None),
+    wise_ft: Optional[str] = typer.Option(None),
+    max_forgetting: Optional[float] = typer.Option(None),
+    l2sp: Optional[float] = typer.Option(None),
+    config: Optional[Path] = typer.Option(None, help="YAML config for every other training setting"),
+    output: Path = typer.Option(..., help="comparison directory (one run per strategy inside)"),
+    quiet: bool = typer.Option(False, "--quiet"),
+) -> None:
+    """Run several strategies on identical data, seed and budget; table, comparison.json and report."""
+    from modaltune.compare import compare as run_compare
+    from modaltune.config import build_config
+    from modaltune.progress import TrainingProgress
+
+    layer_list = [int(v) for v in _split_list(layers) or []] or None
+    names = _split_list(strategies) or []
+    cfg = build_config(config, task=task, model=model, data=data, val=val, epochs=epochs, batch_size=batch_size,
+                       lr=lr, seed=seed, prompt_template=prompt_template, old_task=old_task,
+                       old_task_type=old_task_type, replay=replay, replay_ratio=replay_ratio, wise_ft=wise_ft,
+                       max_forgetting=max_forgetting, l2sp=l2sp, output=str(output),
+                       strategy="full")  # a placeholder every option combines with; each variant sets its own
+    factory = None if quiet else (lambda name: TrainingProgress(name, console))
+    rows = run_compare(cfg, names, layers=layer_list, output=output, console=console, progress_factory=factory)
+    table = Table(title=f"compare: {cfg.task} on {cfg.data}")
+    for column in ("strategy", "trainable params", rows[0]["metric"] if rows else "target", "old task",
+                   "forgetting", "seconds", "peak MB"):
+        table.add_column(column, justify="left" if column == "strategy" else "right")
+    for r in rows:
+        def num(v, fmt=".4f"):
+            return "-" if v is None else format(v, fmt)
+        table.add_row(r["name"], f"{r['trainable_params']:,}", num(r["target"]), num(r["old_task"]),
+                      num(r["forgetting"]), f"{r['seconds']:.1f}", num(r["peak_memory_mb"], ".0f"))
+    Console().print(table)
+    console.print(f"comparison in {output / 'comparison.json'}, report {output / 'report.html'}")
 
 
 def _print_metrics(metrics: dict, output: str) -> None:
@@ -174,6 +288,17 @@ def demo(
     from modaltune.demo import run_demo
 
     run_demo(output, quick=quick, console=console)
+
+
+@app.command("bench-transfer")
+def bench_transfer(
+    output: Path = typer.Option(Path("bench-transfer-output"), help="where data, runs and results go"),
+    quick: bool = typer.Option(False, "--quick", help="a tiny version (for tests)"),
+) -> None:
+    """The synthetic transfer benchmark: advisor pick vs every strategy, near/far shift x 5/50/500 per class."""
+    from modaltune.bench_transfer import run_bench
+
+    run_bench(output, quick=quick, console=console)
 
 
 def main() -> None:

@@ -10,11 +10,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from modaltune.errors import ConfigError
 
-Strategy = Literal["zero-shot", "linear-probe", "last-n", "full", "lora", "scratch"]
+Strategy = Literal["auto", "zero-shot", "linear-probe", "last-n", "full", "lora", "scratch"]
 
 #: Learning rates that work for each strategy when the user gives none: a fresh head wants a large
 #: step, pretrained blocks a small one so they are not wrecked in the first epoch.
 DEFAULT_LR = {"linear-probe": 1e-3, "last-n": 1e-4, "full": 2e-5, "lora": 5e-4, "scratch": 5e-4, "zero-shot": 0.0}
+
+
+#: Epochs when none are given (and the advisor is not asked).
+DEFAULT_EPOCHS = 3
 
 
 class TrainConfig(BaseModel):
@@ -29,7 +33,8 @@ class TrainConfig(BaseModel):
     output: str = "runs/run"
     strategy: Strategy = "full"
     layers: int | None = Field(default=None, ge=1)
-    epochs: int = Field(default=3, ge=1)
+    epochs: int | None = Field(
+        default=None, ge=1, description=f"default {DEFAULT_EPOCHS}, or the advisor's with strategy auto")
     max_steps: int | None = Field(default=None, ge=1, description="stop after this many optimizer steps")
     batch_size: int = Field(default=16, ge=1)
     grad_accum: int = Field(default=1, ge=1)
@@ -60,6 +65,16 @@ class TrainConfig(BaseModel):
     eval_batch_size: int = Field(default=64, ge=1)
     zero_shot_baseline: bool = True
     trust_remote_code: bool = False
+    # ---- keeping what the base model knew (all optional, all composable) ----
+    old_task: str | None = Field(default=None, description="data of the original task: scored before and after")
+    old_task_type: str | None = Field(default=None, description="task of the old data (default: from its columns)")
+    replay: str | None = Field(default=None, description="old-task data mixed into every training batch")
+    replay_ratio: float = Field(default=0.5, gt=0, lt=1, description="share of each batch taken from --replay")
+    wise_ft: float | Literal["auto"] | None = Field(
+        default=None, description="interpolate base -> fine-tuned weights at this alpha, or sweep it ('auto')")
+    max_forgetting: float | None = Field(
+        default=None, ge=0, description="wise-ft auto: largest allowed old-task drop (absolute metric points)")
+    l2sp: float | None = Field(default=None, ge=0, description="strength of the L2 pull towards the base weights")
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
@@ -67,11 +82,29 @@ class TrainConfig(BaseModel):
             raise ValueError(f"layers is only used by strategy last-n (strategy is {self.strategy!r})")
         if self.strategy == "last-n" and self.layers is None:
             raise ValueError("strategy last-n needs layers (how many of the last blocks per encoder train)")
+        if isinstance(self.wise_ft, float) and not 0.0 <= self.wise_ft <= 1.0:
+            raise ValueError("wise_ft must be between 0 (base weights) and 1 (fine-tuned weights), or 'auto'; "
+                             f"got {self.wise_ft}")
+        if self.max_forgetting is not None and (self.wise_ft != "auto" or self.old_task is None):
+            raise ValueError("max_forgetting is the budget of wise_ft auto: it needs wise_ft: auto and old_task")
+        if self.strategy in ("zero-shot", "scratch") and (self.wise_ft is not None or self.l2sp):
+            why = "does not train" if self.strategy == "zero-shot" else "does not start from them"
+            raise ValueError(f"wise_ft and l2sp pull towards the pretrained weights; strategy {self.strategy!r} {why}")
+        if self.strategy == "zero-shot" and self.replay is not None:
+            raise ValueError("replay mixes old data into training; strategy zero-shot does not train")
         return self
 
     @property
+    def num_epochs(self) -> int:
+        return self.epochs if self.epochs is not None else DEFAULT_EPOCHS
+
+    @property
     def learning_rate(self) -> float:
-        return self.lr if self.lr is not None else DEFAULT_LR[self.strategy]
+        if self.lr is not None:
+            return self.lr
+        if self.strategy == "auto":
+            raise ValueError("strategy auto has no learning rate until the advisor has resolved it")
+        return DEFAULT_LR[self.strategy]
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
@@ -81,7 +114,8 @@ def _describe(error: ValidationError, source: str) -> str:
     lines = [f"invalid config ({source}):"]
     for item in error.errors():
         where = ".".join(str(p) for p in item["loc"]) or "config"
-        lines.append(f"  {where}: {item['msg']}" + (f" (got {item['input']!r})" if "input" in item and item["loc"] else ""))
+        got = f" (got {item['input']!r})" if "input" in item and item["loc"] else ""
+        lines.append(f"  {where}: {item['msg']}{got}")
     return "\n".join(lines)
 
 

@@ -89,6 +89,10 @@ class TargetSpec:
     lrs: dict[str, float] = field(default_factory=dict)
     layers: int = 1  # for last-n
     augment: bool = False  # random resized crops and flips of the few training images
+    # The old task: name the shape in the source style (what pretraining taught). Scored before and
+    # after every strategy (the forgetting column) and rehearsed by the "+ replay + wise-ft" row.
+    old_test_per_class: int = 25
+    old_train_per_class: int = 50
 
 
 FULL_BASE = BaseSpec(
@@ -110,7 +114,10 @@ QUICK_BASE = BaseSpec(
 QUICK_TARGET = TargetSpec(
     classes=("circle", "square", "triangle"), style="noise", train_per_class=4, val_per_class=4,
     test_per_class=4, epochs=1, batch_size=8, prompt_template="a {}", lrs=dict(FULL_TARGET.lrs),
+    old_test_per_class=4, old_train_per_class=4,
 )
+#: The extra row: naive `full` again, with rehearsal of the old task (50/50) and WiSE-FT (auto).
+KEEP = "full+replay+wise-ft"
 
 
 @dataclass
@@ -150,15 +157,25 @@ def run_demo(output: Path, *, quick: bool = False, console: Console | None = Non
                       f"{target_spec.train_per_class} train, {target_spec.val_per_class} val and "
                       f"{target_spec.test_per_class} test images per class under {target}")
 
-        console.rule("[bold]4 · every strategy on the target task")
+        old = write_old_task(target_spec, base_spec, output / "data" / "old")
+        console.print(f"old task (what pretraining taught): the same shapes drawn in style "
+                      f"{base_spec.styles[0]!r}, {target_spec.old_test_per_class} test images per class in {old}")
+
+        console.rule("[bold]4 · the advisor, then every strategy on the target task")
         tick = time.perf_counter()
-        results = [run_strategy(s, base, target, target_spec, output / "runs", console=console)
+        advice = advise_target(base, target, target_spec, console=console)
+        results = [run_strategy(s, base, target, target_spec, output / "runs", old=old, console=console)
                    for s in STRATEGIES]
+        results.append(run_strategy("full", base, target, target_spec, output / "runs", old=old,
+                                    console=console, keep=True))
+        for row in results:
+            row["advisor_pick"] = row["strategy"] == advice.strategy
         timings["strategies"] = time.perf_counter() - tick
 
     timings["total"] = time.perf_counter() - started
     console.print(results_table(results, target_spec))
-    write_outputs(output, results, base, base_spec, target_spec, timings)
+    console.print(f"advisor's pick: [bold]{advice.strategy}[/] — " + "; ".join(advice.reasons[:2]))
+    write_outputs(output, results, base, base_spec, target_spec, timings, advice=advice)
     console.print(f"total {timings['total']:.0f}s · results in {output / 'demo_results.json'} · "
                   f"report {output / 'report.html'}")
     return results
@@ -328,30 +345,56 @@ def write_target_data(target: TargetSpec, base: BaseSpec, root: Path) -> Path:
                                        seed=base.seed, style=target.style, image_size=base.image_size)
 
 
+def write_old_task(target: TargetSpec, base: BaseSpec, root: Path) -> Path:
+    """``root/{train,test}/<shape>/*.png`` in the source style: the base model's original task."""
+    from modaltune.data.synthetic import write_classification_folder
+
+    counts = {"train": target.old_train_per_class, "test": target.old_test_per_class}
+    return write_classification_folder(root, classes=target.classes, attribute="shape", per_class=counts,
+                                       seed=base.seed + 1000, style=base.styles[0], image_size=base.image_size)
+
+
+def advise_target(base: BaseModel, data: Path, spec: TargetSpec, *, console: Console) -> Any:
+    """What ``modaltune advise`` recommends for the target data (shown, and marked in the table)."""
+    from modaltune.api import advise
+
+    advice = advise("classify", str(base.model), str(data), batch_size=spec.batch_size,
+                    seed=base.info["key_spec"]["seed"], prompt_template=spec.prompt_template)
+    shift = advice.inputs["shift"]
+    console.print(f"advisor: [bold]{advice.strategy}[/]" + (f" (last {advice.layers})" if advice.layers else "")
+                  + f" · measured shift {shift['shift']:.2f} (zero-shot {shift['zero_shot']:.3f}, "
+                  f"chance {shift['chance']:.3f})")
+    return advice
+
+
 def run_strategy(strategy: str, base: BaseModel, data: Path, spec: TargetSpec, runs: Path, *,
-                 console: Console) -> dict[str, Any]:
-    """Train (or not, for zero-shot) one strategy into ``runs/<strategy>`` and score it on test/."""
+                 old: Path, console: Console, keep: bool = False) -> dict[str, Any]:
+    """Train (or not, for zero-shot) one strategy into ``runs/<name>`` and score it on test/;
+    ``keep`` adds rehearsal of the old task and WiSE-FT (the KEEP row)."""
     from modaltune.api import evaluate, train
     from modaltune.config import build_config
     from modaltune.progress import TrainingProgress
 
+    name = KEEP if keep else strategy
+    extra: dict[str, Any] = {"replay": str(old), "wise_ft": "auto"} if keep else {}
     cfg = build_config(
-        task="classify", model=str(base.model), data=str(data), output=str(runs / strategy),
+        task="classify", model=str(base.model), data=str(data), output=str(runs / name),
         strategy=strategy, layers=spec.layers if strategy == "last-n" else None,
         epochs=spec.epochs, batch_size=spec.batch_size, lr=spec.lrs.get(strategy),
         seed=base.info["key_spec"]["seed"], prompt_template=spec.prompt_template, keep_last=1,
-        augment=spec.augment,
+        augment=spec.augment, old_task=str(old), **extra,
     )
     tick = time.perf_counter()
-    progress = None if strategy == "zero-shot" else TrainingProgress(strategy, console)
+    progress = None if strategy == "zero-shot" else TrainingProgress(name, console)
     metrics = train(cfg, progress=progress)
     seconds = time.perf_counter() - tick
     # train() picked its best epoch on val/, so val accuracy flatters; test/ was never looked at.
-    test = evaluate(runs / strategy, data)
-    console.print(f"{strategy:>12}: test accuracy {test['accuracy']:.3f} "
-                  f"(val {metrics['accuracy']:.3f}) in {seconds:.1f}s")
+    test = evaluate(runs / name, data)
+    forgetting = metrics["forgetting"]
+    console.print(f"{name:>12}: test accuracy {test['accuracy']:.3f} "
+                  f"(val {metrics['accuracy']:.3f}) · old task {forgetting['after']:.3f} in {seconds:.1f}s")
     return {
-        "strategy": strategy,
+        "strategy": name,
         "trainable_params": metrics["run"]["strategy"]["trainable_params"],
         "accuracy": test["accuracy"],
         "seconds": round(seconds, 2),
@@ -363,7 +406,11 @@ def run_strategy(strategy: str, base: BaseModel, data: Path, spec: TargetSpec, r
         "total_params": metrics["run"]["strategy"]["total_params"],
         "steps": metrics["run"]["steps"],
         "lr": cfg.learning_rate,
-        "run_dir": str(runs / strategy),
+        "old_task_accuracy": forgetting["after"],
+        "old_task_before": forgetting["before"],
+        "forgetting": forgetting["drop"],
+        "wise_ft_alpha": metrics.get("wise_ft", {}).get("alpha"),
+        "run_dir": str(runs / name),
     }
 
 
@@ -378,15 +425,19 @@ def results_table(results: list[dict[str, Any]], spec: TargetSpec) -> Table:
     table.add_column("trainable params", justify="right")
     table.add_column("test accuracy", justify="right")
     table.add_column("macro-F1", justify="right")
+    table.add_column("old task", justify="right")
+    table.add_column("forgetting", justify="right")
     table.add_column("seconds", justify="right")
     for row in results:
-        table.add_row(row["strategy"], f"{row['trainable_params']:,}", f"{row['accuracy']:.3f}",
-                      f"{row['macro_f1']:.3f}", f"{row['seconds']:.1f}")
+        drop = "-" if row["forgetting"] is None else f"{row['forgetting']:+.3f}"
+        name = row["strategy"] + (" ← advisor" if row.get("advisor_pick") else "")
+        table.add_row(name, f"{row['trainable_params']:,}", f"{row['accuracy']:.3f}",
+                      f"{row['macro_f1']:.3f}", f"{row['old_task_accuracy']:.3f}", drop, f"{row['seconds']:.1f}")
     return table
 
 
 def write_outputs(output: Path, results: list[dict[str, Any]], base: BaseModel, base_spec: BaseSpec,
-                  target_spec: TargetSpec, timings: dict[str, float]) -> None:
+                  target_spec: TargetSpec, timings: dict[str, float], *, advice: Any) -> None:
     """``demo_results.json``, ``plots/`` and ``report.html`` in ``output``."""
     from modaltune.report import plot_strategy_comparison, write_report
 
@@ -404,6 +455,11 @@ def write_outputs(output: Path, results: list[dict[str, Any]], base: BaseModel, 
         "best pretrained strategy": max(pretrained, key=lambda r: r["accuracy"])["strategy"],
         "pretrained strategies beating scratch": sum(r["accuracy"] > by_name["scratch"]["accuracy"]
                                                      for r in pretrained),
+        "advisor's pick": advice.strategy + (f" (last {advice.layers})" if advice.layers else ""),
+        "measured shift": advice.inputs["shift"]["shift"],
+        "old-task accuracy of the base": by_name["zero-shot"]["old_task_accuracy"],
+        "old-task drop, full": by_name["full"]["forgetting"],
+        f"old-task drop, {KEEP}": by_name[KEEP]["forgetting"],
         **{f"base retrieval {k} (held-out captions)": v for k, v in base.info["retrieval"].items()},
     }
     history_file = base.run_dir / "history.jsonl"
@@ -419,16 +475,20 @@ def write_outputs(output: Path, results: list[dict[str, Any]], base: BaseModel, 
                                 "test per class": target_spec.test_per_class}},
         metrics=headline, history=history,
         sections=[("Results per strategy", _results_html(results)),
+                  ("The advisor", "<ul>" + "".join(f"<li>{html.escape(r)}</li>" for r in advice.reasons) + "</ul>"),
                   ("What the demo did", _explanation_html(base, base_spec, target_spec, timings))],
     )
 
 
 def _results_html(results: list[dict[str, Any]]) -> str:
-    header = ["strategy", "trainable params", "test accuracy", "macro-F1", "val accuracy", "seconds", "lr"]
+    header = ["strategy", "trainable params", "test accuracy", "macro-F1", "val accuracy", "old-task accuracy",
+              "forgetting", "seconds", "lr"]
     rows = "".join(
         "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in (
-            r["strategy"], f"{r['trainable_params']:,}", f"{r['accuracy']:.4f}", f"{r['macro_f1']:.4f}",
-            f"{r['val_accuracy']:.4f}", f"{r['seconds']:.1f}", f"{r['lr']:g}")) + "</tr>"
+            r["strategy"] + (" (advisor's pick)" if r.get("advisor_pick") else ""), f"{r['trainable_params']:,}",
+            f"{r['accuracy']:.4f}", f"{r['macro_f1']:.4f}", f"{r['val_accuracy']:.4f}",
+            f"{r['old_task_accuracy']:.4f}", "n/a" if r["forgetting"] is None else f"{r['forgetting']:+.4f}",
+            f"{r['seconds']:.1f}", f"{r['lr']:g}")) + "</tr>"
         for r in results
     )
     return "<table><tr>" + "".join(f"<th>{h}</th>" for h in header) + "</tr>" + rows + "</table>"
@@ -462,6 +522,12 @@ def _explanation_html(base: BaseModel, b: BaseSpec, t: TargetSpec, timings: dict
         "<p><b>Reading the numbers.</b> The gap between <i>scratch</i> and the pretrained strategies "
         "is what pretraining buys when labels are few; <i>zero-shot</i> above chance shows the "
         "pretrained text and image towers agree on what the shape words mean.</p>",
+        f"<p><b>Forgetting.</b> The old task is what pretraining taught: name the same shapes drawn in "
+        f"style <i>{b.styles[0]}</i>, scored zero-shot with the same prompts on {t.old_test_per_class} "
+        f"images per class, before (the base model) and after each strategy. <i>{KEEP}</i> is "
+        f"<i>full</i> again with half of every batch rehearsing the old task "
+        f"({t.old_train_per_class} images per class) and WiSE-FT choosing how far to move from the "
+        f"base weights on validation data.</p>",
         f"<p><b>Time.</b> {html.escape(phases)}.</p>",
     ]
     return "\n".join(text)

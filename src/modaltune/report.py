@@ -474,3 +474,36 @@ def _row_list_tables(title: str, rows: list[Mapping[str, Any]], examples: int = 
     more = f" (first {examples} of {len(rows)})" if len(rows) > examples else ""
     tables.append(_Table(f"{title}{more}", columns, shown))
     return tables
+
+
+def transfer_sections(metrics: dict) -> list[tuple[str, str]]:
+    """Report sections for the advisor's reasons, the forgetting report and the WiSE-FT sweep."""
+    import html as _html
+
+    esc = _html.escape
+    sections: list[tuple[str, str]] = []
+    advice = metrics.get("advice")
+    if advice:
+        items = "".join(f"<li>{esc(reason)}</li>" for reason in advice["reasons"])
+        layers = f", layers {advice['layers']}" if advice.get("layers") else ""
+        sections.append(("Advisor (strategy auto)", f"<p><b>{esc(advice['strategy'])}{esc(layers)}</b>, "
+                         f"lr {advice['lr']:g}, {advice['epochs']} epochs, because:</p><ul>{items}</ul>"))
+    forgetting = metrics.get("forgetting")
+    if forgetting:
+        def num(v: Any) -> str:
+            return "n/a" if v is None else f"{v:.4f}"
+        sections.append(("Forgetting (old task)", (
+            f"<p>Old task <code>{esc(str(forgetting['old_task']))}</code> ({esc(forgetting['task'])}, "
+            f"{forgetting['rows']} rows), metric <code>{esc(forgetting['metric'])}</code>: "
+            f"before {num(forgetting['before'])}, after {num(forgetting['after'])}, "
+            f"drop {num(forgetting['drop'])}.</p>")))
+    wise = metrics.get("wise_ft")
+    if wise:
+        rows = "".join(
+            f"<tr><td>{e['alpha']:.1f}</td><td>{e['target']:.4f}</td><td>"
+            f"{'n/a' if e['drop'] is None else format(e['drop'], '.4f')}</td></tr>" for e in wise["sweep"])
+        table = (f"<table><tr><th>alpha</th><th>target (val)</th><th>old-task drop</th></tr>{rows}</table>"
+                 if rows else "")
+        sections.append(("WiSE-FT", f"<p>alpha = {wise['alpha']:.2f} ({esc(wise['rule'])}).</p>{table}"))
+    return sections
+

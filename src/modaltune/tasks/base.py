@@ -37,12 +37,16 @@ class Loaded:
 @runtime_checkable
 class Task(Protocol):
     name: ClassVar[str]
+    #: Tasks of one family share a backbone type, so one can be attached to another's model.
+    family: ClassVar[str]
     #: Row fields every example must have (checked by data validation before anything runs).
     required: ClassVar[tuple[str, ...]]
     #: The validation metric early stopping and model selection maximise.
     primary_metric: ClassVar[str]
     #: Whether rows carry class labels (enables label checks, balancing, stratified splits).
     uses_labels: ClassVar[bool]
+    #: The ``outputs`` entry holding one embedding per example (domain-shift measurement).
+    feature_output: ClassVar[str]
 
     def load(self, source: str | Path, *, scratch: bool = False, trust_remote_code: bool = False) -> Loaded:
         """Model + processor from a hub name or directory; ``scratch`` builds from the config only."""
@@ -80,6 +84,14 @@ class Task(Protocol):
     def save(self, loaded: Loaded, directory: Path) -> None:
         """Write ``directory`` so that plain transformers loads the backbone and this task reloads all."""
 
+    def attach(self, other: Loaded) -> Loaded:
+        """This task's model around ``other``'s backbone, shared and not copied, with any head of its own
+        frozen: how an old task is scored on, and rehearsed into, the model being adapted."""
+
+    @classmethod
+    def chance(cls, rows: list[Row]) -> float:
+        """The primary metric a model that knows nothing scores on ``rows``."""
+
 
 _REGISTRY: dict[str, Callable[..., Task]] = {}
 
@@ -108,6 +120,12 @@ def task_class(name: str) -> type:
     if name not in _REGISTRY:
         raise ConfigError(f"unknown task {name!r}; available tasks: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]
+
+
+def family_tasks(family: str) -> list[str]:
+    """Registered task names of one model family."""
+    _import_builtin_tasks()
+    return sorted(name for name, cls in _REGISTRY.items() if getattr(cls, "family", None) == family)
 
 
 def create_task(name: str, **options: Any) -> Task:

@@ -95,6 +95,9 @@ def _top_parameter_names(backbone: nn.Module, scopes: tuple[str, ...] | None) ->
 class DualEncoderTask:
     """Shared plumbing for the two CLIP tasks; the subclasses differ in head, loss and metrics."""
 
+    family = "clip"
+    feature_output = "image_embeds"
+
     #: Parameter-name prefixes of the backbone this task uses; None = all of it.
     scopes: tuple[str, ...] | None = None
 
@@ -115,7 +118,8 @@ class DualEncoderTask:
         if self.scopes is None:
             return ["backbone."]
         # Through a PEFT wrapper the same parameters sit under base_model.model.
-        inner = "backbone.base_model.model." if loaded.model.backbone is not unwrap(loaded.model.backbone) else "backbone."
+        wrapped = loaded.model.backbone is not unwrap(loaded.model.backbone)
+        inner = "backbone.base_model.model." if wrapped else "backbone."
         return [inner + scope for scope in self.scopes] + ["head."]
 
     def lora_targets(self, loaded: Loaded) -> str:
@@ -136,7 +140,10 @@ class ClipClassifier(nn.Module):
         self.head = nn.Linear(embed_dim, num_labels)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.head(_embed(self.backbone.get_image_features, pixel_values=pixel_values))
+        return self.head(self.embed(pixel_values))
+
+    def embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return _embed(self.backbone.get_image_features, pixel_values=pixel_values)
 
 
 @register("classify")
@@ -183,7 +190,9 @@ class ClassifyTask(DualEncoderTask):
     @torch.no_grad()
     def _init_head_from_prompts(self, model: ClipClassifier, processor: Any) -> None:
         prompts = [self.prompt_template.format(label) for label in self.labels]
-        text = _embed(model.backbone.get_text_features, **_tokenize(processor, model.backbone, prompts))
+        device = next(model.backbone.parameters()).device
+        tokens = {k: v.to(device) for k, v in _tokenize(processor, model.backbone, prompts).items()}
+        text = _embed(model.backbone.get_text_features, **tokens).to(model.head.weight.device)
         scale = unwrap(model.backbone).logit_scale.exp()
         model.head.weight.copy_(scale * text)
         model.head.bias.zero_()
@@ -203,7 +212,23 @@ class ClassifyTask(DualEncoderTask):
         return F.cross_entropy(logits.float(), batch["labels"], weight=weight)
 
     def outputs(self, loaded: Loaded, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {"logits": loaded.model(batch["pixel_values"]).float()}
+        embeds = loaded.model.embed(batch["pixel_values"])
+        return {"logits": loaded.model.head(embeds).float(), "image_embeds": embeds.float()}
+
+    def attach(self, other: Loaded) -> Loaded:
+        if self.labels is None:
+            raise ConfigError("classify needs labels before it can be attached to another model")
+        backbone = other.model.backbone
+        model = ClipClassifier(backbone, len(self.labels), unwrap(backbone).config.projection_dim)
+        # The old task's head is CLIP's zero-shot classifier from the (current) text tower.
+        self._init_head_from_prompts(model, other.processor)
+        model.head.requires_grad_(False)
+        model.head.to(next(backbone.parameters()).device)
+        return Loaded(model=model, processor=other.processor, meta={"labels": self.labels})
+
+    @classmethod
+    def chance(cls, rows: list[Row]) -> float:
+        return 1.0 / max(1, len({row.label for row in rows}))
 
     def evaluate(self, loaded: Loaded, outputs: dict[str, torch.Tensor], rows: list[Row]) -> dict[str, Any]:
         from modaltune.metrics import classification_metrics
@@ -318,6 +343,15 @@ class RetrieveTask(DualEncoderTask):
             ranked = [{"text": self.texts[i], "score": round(float(p[i]), 6)} for i in order]
             results.append({"input": row.id, "text": ranked[0]["text"], "score": ranked[0]["score"], "top": ranked})
         return results
+
+    def attach(self, other: Loaded) -> Loaded:
+        return Loaded(model=ClipPairs(other.model.backbone), processor=other.processor)
+
+    @classmethod
+    def chance(cls, rows: list[Row]) -> float:
+        # r_mean averages R@1/5/10 both ways; a random ranking of n candidates hits R@k with k/n.
+        n = max(1, len(rows))
+        return sum(min(k, n) / n for k in (1, 5, 10)) / 3
 
     def probe_parameters(self, loaded: Loaded) -> list[str]:
         # A retrieval "head" is the pair of projections into the shared space.

@@ -40,10 +40,28 @@ class MediaDataset(Dataset):
         row = self.rows[index]
         image = None
         if row.image is not None:
-            image = load_image(row.image) if self.max_pixels is None else load_image(row.image, max_pixels=self.max_pixels)
+            limit = {} if self.max_pixels is None else {"max_pixels": self.max_pixels}
+            image = load_image(row.image, **limit)
             if self.augment:
                 image = augment_image(image, random.Random(f"{self.seed}:{epoch}:{index}"))
         return row, image
+
+
+class MixedDataset(Dataset):
+    """Target rows by (epoch, index), rehearsed old-task rows by ("replay", epoch, index); items come
+    back tagged so that collation can hand each part to its own task."""
+
+    def __init__(self, target: MediaDataset, replay: MediaDataset | None = None) -> None:
+        self.target = target
+        self.replay = replay
+
+    def __len__(self) -> int:
+        return len(self.target)
+
+    def __getitem__(self, key: tuple) -> tuple[str, tuple[Row, Any]]:
+        if len(key) == 3 and key[0] == "replay":
+            return "replay", self.replay[(key[1], key[2])]
+        return "target", self.target[key]
 
 
 def epoch_order(n: int, *, seed: int, epoch: int, weights: Sequence[float] | None = None) -> list[int]:
@@ -77,14 +95,34 @@ def chunk(items: Sequence[Any], size: int) -> list[list[Any]]:
     return [list(items[i:i + size]) for i in range(0, len(items), size)]
 
 
+def plan_epoch(n: int, batch_size: int, grad_accum: int, *, seed: int, epoch: int,
+               weights: Sequence[float] | None = None, replay: tuple[int, int] | None = None) -> list[list[list]]:
+    """One epoch as optimizer steps of micro-batches of dataset keys.
+
+    Target rows are keyed (epoch, index); with ``replay = (old rows, old examples per micro-batch)``
+    every micro-batch also gets that many ("replay", epoch, index) keys, chosen by
+    `forgetting.replay_indices` from the micro-batch's position alone (exact resume).
+    """
+    from modaltune.forgetting import replay_indices
+
+    order = epoch_order(n, seed=seed, epoch=epoch, weights=weights)
+    groups = chunk(chunk([(epoch, i) for i in order], batch_size), grad_accum)
+    if replay is None:
+        return groups
+    n_old, per_batch = replay
+    return [[micro + [("replay", epoch, j) for j in replay_indices(n_old, per_batch, seed=seed, epoch=epoch,
+                                                                  micro_batch=g * grad_accum + m)]
+             for m, micro in enumerate(group)] for g, group in enumerate(groups)]
+
+
 def steps_per_epoch(n: int, batch_size: int, grad_accum: int) -> int:
     return math.ceil(math.ceil(n / batch_size) / grad_accum)
 
 
 def loader(
-    dataset: MediaDataset, batches: list[list[Key]], collate: Callable[[list], dict[str, torch.Tensor]],
+    dataset: Dataset, batches: list[list[Any]], collate: Callable[[list], Any],
     *, workers: int = 0,
-) -> Iterator[dict[str, torch.Tensor]]:
+) -> Iterator[Any]:
     """Batches in the given order; decoding and the processor run in ``workers`` processes."""
     if not batches:
         return iter(())

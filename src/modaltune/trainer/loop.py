@@ -24,16 +24,17 @@ from torch import nn
 from modaltune.config import TrainConfig
 from modaltune.data.rows import Row
 from modaltune.errors import ModaltuneError
+from modaltune.forgetting import Anchor, OldTask, replay_split
 from modaltune.inference import evaluate_rows
 from modaltune.run import RunDir
 from modaltune.tasks.base import Loaded, Task
 from modaltune.trainer import checkpoint as ckpt
 from modaltune.trainer.batches import (
     MediaDataset,
-    chunk,
-    epoch_order,
+    MixedDataset,
     loader,
     oversample_weights,
+    plan_epoch,
     steps_per_epoch,
 )
 
@@ -111,24 +112,52 @@ def fit(
     *,
     resume: bool = False,
     progress: Any = None,
+    replay: OldTask | None = None,
+    anchor: Anchor | None = None,
 ) -> FitResult:
+    """Train ``loaded.model`` in place; ``replay`` mixes old-task rows into every micro-batch at
+    ``cfg.replay_ratio``, ``anchor`` (the starting weights) enables the ``cfg.l2sp`` penalty."""
     started = time.perf_counter()
     accelerator = make_accelerator(cfg.precision)
     model = loaded.model.to(accelerator.device)
     model.train()
 
     # ---- the plan: data order is a function of (seed, epoch) only -------------------------------
-    per_epoch = steps_per_epoch(len(train_rows), cfg.batch_size, cfg.grad_accum)
-    total_steps = per_epoch * cfg.epochs
+    target_batch, old_batch = cfg.batch_size, 0
+    old_loaded = None
+    if replay is not None:
+        target_batch, old_batch = replay_split(cfg.batch_size, cfg.replay_ratio)
+        old_loaded = replay.task.attach(loaded)
+    l2sp = anchor.to(accelerator.device) if anchor is not None and cfg.l2sp else None
+    per_epoch = steps_per_epoch(len(train_rows), target_batch, cfg.grad_accum)
+    total_steps = per_epoch * cfg.num_epochs
     if cfg.max_steps is not None:
         total_steps = min(total_steps, cfg.max_steps)
     weights = None
     if cfg.balance == "oversample":
         weights = oversample_weights([row.label for row in train_rows])
-    dataset = MediaDataset(train_rows, augment=cfg.augment, seed=cfg.seed)
+    dataset = MixedDataset(MediaDataset(train_rows, augment=cfg.augment, seed=cfg.seed),
+                           MediaDataset(replay.rows) if replay is not None else None)
 
-    def collate(items: list) -> dict[str, torch.Tensor]:
-        return task.collate(loaded, items)
+    def collate(items: list) -> dict[str, dict[str, torch.Tensor]]:
+        parts = {"target": task.collate(loaded, [item for tag, item in items if tag == "target"])}
+        old_items = [item for tag, item in items if tag == "replay"]
+        if old_items:
+            parts["replay"] = replay.task.collate(old_loaded, old_items)
+        return parts
+
+    def micro_batch_loss(parts: dict[str, dict[str, torch.Tensor]]) -> tuple[torch.Tensor, float | None]:
+        loss = task.loss(loaded, parts["target"])
+        if "replay" in parts:
+            # Weighted by examples: the batch is a mix of target and old rows at the requested ratio.
+            n_target, n_old = _batch_len(parts["target"]), _batch_len(parts["replay"])
+            old_loss = replay.task.loss(old_loaded, parts["replay"])
+            loss = (n_target * loss + n_old * old_loss) / (n_target + n_old)
+        penalty = None
+        if l2sp is not None:
+            term = l2sp.l2sp_penalty(model, cfg.l2sp)
+            loss, penalty = loss + term, float(term.detach())
+        return loss, penalty
 
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, total_steps)
@@ -178,17 +207,18 @@ def fit(
 
     with _Terminate() as terminate, _shown(progress, total_steps, state.step):
         while state.step < total_steps and not stopped_early:
-            order = epoch_order(len(train_rows), seed=cfg.seed, epoch=state.epoch, weights=weights)
-            groups = chunk(chunk([(state.epoch, i) for i in order], cfg.batch_size), cfg.grad_accum)
+            groups = plan_epoch(len(train_rows), target_batch, cfg.grad_accum, seed=cfg.seed, epoch=state.epoch,
+                                weights=weights, replay=(len(replay.rows), old_batch) if replay else None)
             pending = groups[state.group_in_epoch:]
             batches = loader(dataset, [b for g in pending for b in g], collate, workers=cfg.workers)
             for group in pending:
                 # -- one optimizer step over the micro-batches of this group --
-                losses, finite = [], True
+                losses, finite, penalty = [], True, None
                 for _ in group:
-                    batch = {k: v.to(accelerator.device) for k, v in next(batches).items()}
+                    batch = {part: {k: v.to(accelerator.device) for k, v in tensors.items()}
+                             for part, tensors in next(batches).items()}
                     with accelerator.autocast():
-                        loss = task.loss(loaded, batch)
+                        loss, penalty = micro_batch_loss(batch)
                     if not torch.isfinite(loss):
                         finite = False
                         continue
@@ -217,7 +247,8 @@ def fit(
                 state.group_in_epoch += 1
                 log({"kind": "step", "step": state.step, "epoch": state.epoch,
                      "loss": sum(losses) / len(losses) if losses else None,
-                     "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm, "skipped": not finite})
+                     "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm, "skipped": not finite,
+                     **({"l2sp": penalty} if penalty is not None else {})})
                 if progress is not None:
                     progress.advance(state.step, losses[-1] if losses else float("nan"))
 
@@ -239,6 +270,10 @@ def fit(
     restored = _restore_best(run, model, state)
     return FitResult(state=state, seconds=time.perf_counter() - started, stopped_early=stopped_early,
                      restored_best=restored)
+
+
+def _batch_len(batch: dict[str, torch.Tensor]) -> int:
+    return int(next(iter(batch.values())).shape[0])
 
 
 @contextmanager

@@ -1,0 +1,122 @@
+"""Which strategy, how many layers, what learning rate and how many epochs: rules with reasons.
+
+The rules follow the transfer-learning folklore that the benchmark (``modaltune bench-transfer``)
+checks: the less data per class, or the closer the task to what the base model already does, the
+fewer layers should be retrained; a far shift with enough data earns more. Every decision comes
+with its reason in plain words, and the inputs are recorded, so a user can see why and overrule.
+
+Inputs are cheap to get before any training: the data's size (rows, classes, examples per class),
+the measured shift (``shift.measure_shift``) and the model's size (parameters, blocks per encoder).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from modaltune.config import DEFAULT_LR
+
+#: Examples per class below which only the head should move (a few gradient steps on a handful of
+#: images mostly memorise them); above ``MANY`` there is enough signal to re-train deep blocks.
+FEW = 20
+MANY = 200
+#: Shift (1 - familiarity, see shift.py) below which the frozen features already solve most of the task.
+NEAR = 0.5
+#: Above this many parameters, re-training many blocks is a memory and overfitting risk: prefer LoRA.
+LARGE_MODEL = 1_000_000_000
+#: Optimizer steps the epoch count aims at: enough for a head or a few blocks to settle.
+TARGET_STEPS = 300
+MIN_EPOCHS, MAX_EPOCHS = 3, 30
+
+
+@dataclass
+class DataFacts:
+    rows: int
+    classes: int | None  # None for tasks without labels
+    per_class: float  # median examples per class (rows for unlabelled tasks)
+
+
+@dataclass
+class ModelFacts:
+    parameters: int
+    depth: int  # blocks per encoder the task uses (the smallest if several)
+
+
+@dataclass
+class Advice:
+    strategy: str
+    layers: int | None
+    lr: float
+    epochs: int
+    reasons: list[str] = field(default_factory=list)
+    inputs: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        layers = f" --layers {self.layers}" if self.layers else ""
+        return f"--strategy {self.strategy}{layers} --lr {self.lr:g} --epochs {self.epochs}"
+
+
+def advise(data: DataFacts, model: ModelFacts, shift: dict[str, Any], *, batch_size: int = 16) -> Advice:
+    """The recommendation for ``data`` on ``model`` given the measured ``shift``."""
+    reasons: list[str] = []
+    distance = float(shift["shift"])
+    near = distance < NEAR
+    per = data.per_class
+    unit = "examples per class" if data.classes else "examples"
+    closeness = (f"the task is close to what the model already does (shift {distance:.2f} < {NEAR})" if near
+                 else f"the task is far from what the model already does (shift {distance:.2f} >= {NEAR})")
+    if shift.get("zero_shot") is not None:
+        closeness += (f": zero-shot {shift['metric']} {shift['zero_shot']:.3f} vs chance {shift['chance']:.3f}"
+                      + (f", frozen-feature separability {shift['separability']:.3f}"
+                         if shift.get("separability") is not None else ""))
+    reasons.append(closeness)
+
+    layers: int | None = None
+    if per < FEW:
+        strategy = "linear-probe"
+        reasons.append(f"only {per:g} {unit} (< {FEW}): re-training blocks would memorise them, so only the "
+                       "head trains, starting from the zero-shot classifier")
+    elif per < MANY:
+        if near:
+            strategy = "linear-probe"
+            reasons.append(f"{per:g} {unit} and a close task: the frozen features already fit, a head is enough")
+        else:
+            strategy, layers = "last-n", max(1, math.ceil(model.depth / 4))
+            reasons.append(f"{per:g} {unit} ({FEW}-{MANY}) and a far task: re-train the last {layers} of "
+                           f"{model.depth} blocks, where the most task-specific features live")
+    else:
+        if near:
+            strategy, layers = "last-n", max(1, math.ceil(model.depth / 2))
+            reasons.append(f"{per:g} {unit} (>= {MANY}) and a close task: re-train the top half "
+                           f"({layers} of {model.depth} blocks), keep the general early features")
+        else:
+            strategy = "full"
+            reasons.append(f"{per:g} {unit} (>= {MANY}) and a far task: enough data to adapt every layer")
+    if strategy in ("full", "last-n") and model.parameters >= LARGE_MODEL and (strategy == "full" or (layers or 0) > 2):
+        reasons.append(f"the model has {model.parameters / 1e9:.1f}B parameters: LoRA adapts every layer "
+                       "at a fraction of the memory and overfits less")
+        strategy, layers = "lora", None
+
+    lr = DEFAULT_LR[strategy]
+    reasons.append(f"learning rate {lr:g}: the usual step for {strategy} (a fresh head wants larger steps "
+                   "than pretrained blocks)")
+    steps_per_epoch = max(1, math.ceil(data.rows / batch_size))
+    epochs = max(MIN_EPOCHS, min(MAX_EPOCHS, math.ceil(TARGET_STEPS / steps_per_epoch)))
+    reasons.append(f"{epochs} epochs: about {TARGET_STEPS} optimizer steps at batch size {batch_size} "
+                   f"({steps_per_epoch} per epoch), clamped to {MIN_EPOCHS}-{MAX_EPOCHS}")
+    inputs = {"data": asdict(data), "model": asdict(model), "shift": shift}
+    return Advice(strategy, layers, lr, epochs, reasons, inputs)
+
+
+def data_facts(rows: list, uses_labels: bool) -> DataFacts:
+    import statistics
+    from collections import Counter
+
+    if uses_labels:
+        counts = Counter(row.label for row in rows)
+        return DataFacts(len(rows), len(counts), float(statistics.median(counts.values())) if counts else 0.0)
+    return DataFacts(len(rows), None, float(len(rows)))

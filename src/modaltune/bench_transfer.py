@@ -1,0 +1,234 @@
+"""The synthetic transfer benchmark: does the advisor pick well, and does rehearsal + WiSE-FT keep
+the old task? ``modaltune bench-transfer`` (or ``benchmarks/bench_transfer.py``).
+
+Built offline from the demo's source world and its cached pretrained base model:
+
+* **old task**: name the shape, drawn in the source style (what pretraining taught);
+* **targets**: name the shape in a *near* style and in a *far* style, with 5 / 50 / 500 labelled
+  examples per class (a cell each); validation and test sets are the same size in every cell.
+
+In each cell every strategy trains with the same seed, epochs (the advisor's epoch rule for that
+data size) and its own learning rate, and is scored on the cell's test split (target accuracy)
+and on the old task's test split (old-task accuracy). The advisor sees only the cell's data and
+the base model. Then ``full`` is trained again with rehearsal of the old task (``--replay``, 50/50)
+and ``--wise-ft auto``, to compare its forgetting with naive ``full``.
+
+Every number comes from the run; the result is written to ``DIR/bench_transfer.json`` and a
+markdown table (``DIR/bench_transfer.md``) ready for benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+#: (strategy, layers): every strategy, last-n at both depths the advisor can recommend for a 4-block model.
+VARIANTS = (("zero-shot", None), ("linear-probe", None), ("last-n", 1), ("last-n", 2), ("full", None),
+            ("lora", None), ("scratch", None))
+ACCEPT_POINTS = 0.01  # "within 1 point"
+ACCEPT_FORGETTING_SHARE = 1 / 3
+
+
+@dataclass(frozen=True)
+class BenchSpec:
+    shifts: dict[str, str]  # name -> drawing style of the target
+    sizes: tuple[int, ...]  # labelled examples per class
+    classes: tuple[str, ...]
+    val_per_class: int
+    test_per_class: int
+    old_test_per_class: int
+    old_train_per_class: int  # rehearsal pool
+    batch_size: int
+    lrs: dict[str, float] = field(default_factory=dict)
+    prompt_template: str = "a {}"
+    source_style: str = "plain"
+    seed: int = 0
+
+
+def _specs() -> tuple[BenchSpec, BenchSpec]:
+    from modaltune.demo import FULL_TARGET
+
+    full = BenchSpec(
+        shifts={"near": "blur", "far": "noise"}, sizes=(5, 50, 500), classes=FULL_TARGET.classes,
+        val_per_class=25, test_per_class=50, old_test_per_class=25, old_train_per_class=100,
+        batch_size=16, lrs=dict(FULL_TARGET.lrs),
+    )
+    # One cell of the same pipeline, small enough for a test: the numbers mean nothing.
+    quick = BenchSpec(
+        shifts={"far": "noise"}, sizes=(3,), classes=("circle", "square", "triangle"),
+        val_per_class=3, test_per_class=3, old_test_per_class=3, old_train_per_class=4, batch_size=8,
+        lrs=dict(FULL_TARGET.lrs),
+    )
+    return full, quick
+
+
+def variant_name(strategy: str, layers: int | None) -> str:
+    return f"{strategy}-{layers}" if layers else strategy
+
+
+def run_bench(output: Path, *, quick: bool = False, console: Console | None = None) -> dict[str, Any]:
+    """Run the whole benchmark into ``output``; returns (and writes) the results."""
+    from modaltune.demo import FULL_BASE, QUICK_BASE, _quiet_transformers, ensure_base_model
+
+    console = console or Console(stderr=True)
+    full_spec, quick_spec = _specs()
+    spec, base_spec = (quick_spec, QUICK_BASE) if quick else (full_spec, FULL_BASE)
+    output = Path(output)
+    if (output / "bench_transfer.json").exists():
+        shutil.rmtree(output / "data", ignore_errors=True)
+        shutil.rmtree(output / "runs", ignore_errors=True)
+    output.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    with _quiet_transformers():
+        base = ensure_base_model(base_spec, output / "data" / "source", console=console, timings=timings)
+        old = _write_old_task(spec, base_spec, output / "data" / "old")
+        cells = []
+        for shift_name, style in spec.shifts.items():
+            for size in spec.sizes:
+                cells.append(run_cell(spec, base_spec, base.model, old, shift_name, style, size,
+                                      output, console=console))
+    result = {
+        "machine": _machine(),
+        "base_model": {"dir": str(base.model), "spec": asdict(base_spec), "cached": base.cached},
+        "spec": asdict(spec),
+        "cells": cells,
+        "summary": summarise(cells),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    (output / "bench_transfer.json").write_text(json.dumps(result, indent=2) + "\n")
+    (output / "bench_transfer.md").write_text(markdown(result))
+    console.print(markdown(result), markup=False, highlight=False)
+    return result
+
+
+def _write_old_task(spec: BenchSpec, base_spec: Any, root: Path) -> Path:
+    from modaltune.data.synthetic import write_classification_folder
+
+    if root.exists():
+        shutil.rmtree(root)
+    return write_classification_folder(
+        root, classes=spec.classes, attribute="shape", seed=spec.seed + 1000, style=spec.source_style,
+        per_class={"train": spec.old_train_per_class, "test": spec.old_test_per_class},
+        image_size=base_spec.image_size)
+
+
+def run_cell(spec: BenchSpec, base_spec: Any, base_model: Path, old: Path, shift_name: str, style: str,
+             size: int, output: Path, *, console: Console) -> dict[str, Any]:
+    """One (shift, size) cell: the advisor's pick, every strategy, and rehearsal + WiSE-FT."""
+    from modaltune.api import advise, evaluate, train
+    from modaltune.config import build_config
+    from modaltune.data.synthetic import write_classification_folder
+
+    cell = f"{shift_name}-{size}"
+    data = output / "data" / cell
+    if data.exists():
+        shutil.rmtree(data)
+    # Val/test streams are keyed by split and label, so every cell of a shift shares them.
+    write_classification_folder(
+        data, classes=spec.classes, attribute="shape", seed=spec.seed, style=style,
+        per_class={"train": size, "val": spec.val_per_class, "test": spec.test_per_class},
+        image_size=base_spec.image_size)
+    console.rule(f"[bold]{cell}: {len(spec.classes)} shapes in style {style!r}, {size} per class")
+    advice = advise("classify", str(base_model), str(data), batch_size=spec.batch_size, seed=spec.seed,
+                    prompt_template=spec.prompt_template, reference=str(old))
+    pick = variant_name(advice.strategy, advice.layers)
+    console.print(f"advisor: {pick} (shift {advice.inputs['shift']['shift']:.2f})")
+    runs = output / "runs" / cell
+    results: dict[str, dict[str, Any]] = {}
+
+    def run(name: str, **kw: Any) -> dict[str, Any]:
+        cfg = build_config(task="classify", model=str(base_model), data=str(data), output=str(runs / name),
+                           epochs=advice.epochs, batch_size=spec.batch_size, seed=spec.seed,
+                           prompt_template=spec.prompt_template, keep_last=1, old_task=str(old),
+                           zero_shot_baseline=False, **kw)
+        tick = time.perf_counter()
+        metrics = train(cfg)
+        test = evaluate(runs / name, data)
+        row = {"target": test["accuracy"], "val": metrics.get("accuracy"),
+               "old_task": metrics["forgetting"]["after"], "old_task_before": metrics["forgetting"]["before"],
+               "forgetting": metrics["forgetting"]["drop"], "seconds": round(time.perf_counter() - tick, 1),
+               "trainable_params": metrics["run"]["strategy"]["trainable_params"]}
+        if "wise_ft" in metrics:
+            row["wise_ft_alpha"] = metrics["wise_ft"]["alpha"]
+        console.print(f"  {name:>16}: target {row['target']:.3f} · old task {row['old_task']:.3f} "
+                      f"· {row['seconds']:.0f}s")
+        return row
+
+    for strategy, layers in VARIANTS:
+        results[variant_name(strategy, layers)] = run(
+            variant_name(strategy, layers), strategy=strategy, layers=layers, lr=spec.lrs.get(strategy))
+    results["full+replay+wise-ft"] = run("full-replay-wise-ft", strategy="full", lr=spec.lrs.get("full"),
+                                         replay=str(old), wise_ft="auto")
+    plain = {k: v for k, v in results.items() if k in {variant_name(s, n) for s, n in VARIANTS}}
+    best = max(plain, key=lambda k: plain[k]["target"])
+    return {
+        "cell": cell, "shift_name": shift_name, "style": style, "per_class": size,
+        "measured_shift": advice.inputs["shift"], "advice": advice.to_dict(), "pick": pick,
+        "best": best, "best_target": plain[best]["target"], "pick_target": plain[pick]["target"],
+        "pick_within_1_point": plain[pick]["target"] >= plain[best]["target"] - ACCEPT_POINTS - 1e-9,
+        "results": results,
+    }
+
+
+def summarise(cells: list[dict[str, Any]]) -> dict[str, Any]:
+    hits = sum(c["pick_within_1_point"] for c in cells)
+    forgetting = []
+    for c in cells:
+        naive, kept = c["results"]["full"], c["results"]["full+replay+wise-ft"]
+        ok_target = kept["target"] >= naive["target"] - ACCEPT_POINTS - 1e-9
+        share = (kept["forgetting"] / naive["forgetting"]) if naive["forgetting"] and naive["forgetting"] > 0 else None
+        forgetting.append({
+            "cell": c["cell"], "naive_drop": naive["forgetting"], "kept_drop": kept["forgetting"],
+            "share": None if share is None else round(share, 4),
+            "target_naive": naive["target"], "target_kept": kept["target"],
+            "meets": ok_target and (kept["forgetting"] <= ACCEPT_FORGETTING_SHARE * max(naive["forgetting"], 0.0)
+                                    + 1e-9),
+        })
+    return {"advisor_hits": hits, "cells": len(cells), "advisor_accepted": hits >= len(cells) - 1,
+            "forgetting": forgetting}
+
+
+def _machine() -> dict[str, Any]:
+    import os
+
+    import torch
+
+    return {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+            "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def markdown(result: dict[str, Any]) -> str:
+    names = [variant_name(s, n) for s, n in VARIANTS] + ["full+replay+wise-ft"]
+    lines = ["| cell | measured shift | advisor pick | " + " | ".join(names) + " |",
+             "|" + "---|" * (3 + len(names))]
+    for c in result["cells"]:
+        cells = []
+        for name in names:
+            r = c["results"][name]
+            mark = "**" if name == c["best"] else ""
+            cells.append(f"{mark}{r['target']:.3f}{mark} / {r['old_task']:.3f}")
+        lines.append(f"| {c['cell']} ({c['style']}) | {c['measured_shift']['shift']:.2f} | {c['pick']} "
+                     f"({'ok' if c['pick_within_1_point'] else 'miss'}) | " + " | ".join(cells) + " |")
+    s = result["summary"]
+    lines += ["", "Each entry: target test accuracy / old-task test accuracy; bold = best target accuracy.",
+              f"Advisor within 1 point of the best: {s['advisor_hits']} of {s['cells']} cells.", "",
+              "| cell | old-task drop, naive full | drop, full + replay + WiSE-FT | share "
+              "| target naive -> kept | meets |",
+              "|---|---|---|---|---|---|"]
+    for f in s["forgetting"]:
+        share = "n/a" if f["share"] is None else f"{f['share']:.2f}"
+        lines.append(f"| {f['cell']} | {f['naive_drop']:+.3f} | {f['kept_drop']:+.3f} | {share} | "
+                     f"{f['target_naive']:.3f} -> {f['target_kept']:.3f} | {'yes' if f['meets'] else 'no'} |")
+    m = result["machine"]
+    lines += ["", f"Machine: {m['platform']}, {m['cpus']} CPUs ({m['threads']} torch threads), "
+              f"torch {m['torch']}, GPU {m['gpu'] or 'none'}; total {result['seconds']:.0f}s."]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,261 @@
+"""Keeping what the base model knew: old-task scoring, rehearsal data, WiSE-FT and L2-SP.
+
+The *old task* is any task of the target's model family, on data of the base model's original job
+(captions it was pretrained on, classes it already named). It is attached to the model being
+adapted (``Task.attach``: same backbone, its own frozen head), so it can be scored before and after
+training (the forgetting report) and rehearsed during training (``--replay``).
+
+WiSE-FT (Wortsman et al., 2022) and L2-SP (Li et al., 2018) both need the weights training started
+from; `Anchor` keeps a copy of exactly the parameters that train.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from modaltune.data.rows import Row
+from modaltune.errors import ConfigError, DataError
+from modaltune.tasks.base import Loaded, Task, create_task, family_tasks, task_class
+
+#: WiSE-FT auto: the mixing coefficients tried (0 = base weights, 1 = fine-tuned weights).
+WISE_FT_GRID = tuple(round(0.1 * i, 1) for i in range(11))
+#: WiSE-FT auto without a forgetting budget: alphas whose target score is within this of the best
+#: count as equally good, and the one that forgets least among them wins.
+WISE_FT_TOLERANCE = 0.005
+
+
+# --------------------------------------------------------------------------- the old task
+
+
+@dataclass
+class OldTask:
+    """Data of the base model's original task, read as a task of the target's family."""
+
+    task: Task
+    rows: list[Row]
+    source: str
+
+    @property
+    def name(self) -> str:
+        return self.task.name
+
+    @property
+    def metric(self) -> str:
+        return self.task.primary_metric
+
+
+def infer_old_task_type(data: str | Path, target: type, explicit: str | None = None) -> str:
+    """The task the old data is read as: ``explicit``, else the first of the target's family
+    (the target's own task first) whose required fields the data has."""
+    from modaltune.data import discover_splits, read_rows
+
+    family = getattr(target, "family", None)
+    candidates = family_tasks(family) if family else [target.name]
+    if explicit is not None:
+        if explicit not in candidates:
+            raise ConfigError(
+                f"--old-task-type {explicit!r} is not a task of the {family!r} family of the target task "
+                f"{target.name!r}; choose one of {', '.join(candidates)}"
+            )
+        return explicit
+    splits = discover_splits(data) if Path(data).is_dir() else {}
+    split = next((s for s in ("test", "val", "train") if s in splits), None)
+    rows, _, _ = read_rows(data, split=split, require=())
+    if not rows:
+        raise DataError(f"old-task data {data} has no readable rows")
+    ordered = [target.name] + [c for c in candidates if c != target.name]
+    for name in ordered:
+        needed = task_class(name).required
+        if all(getattr(rows[0], f, None) is not None for f in needed):
+            return name
+    raise DataError(
+        f"old-task data {data} does not fit any task of the {family!r} family ({', '.join(candidates)}): "
+        "give it labels (classify) or captions (retrieve), or name the task with --old-task-type"
+    )
+
+
+def load_old_task(data: str | Path, target: type, *, explicit: str | None = None, purpose: str = "eval",
+                  prompt_template: str | None = None, skip_bad: bool = False) -> OldTask:
+    """Rows of the old task: its test/ (else val/, else everything) to score, its train/ to rehearse."""
+    from modaltune.data import discover_splits, load_dataset
+
+    name = infer_old_task_type(data, target, explicit)
+    cls = task_class(name)
+    splits = discover_splits(data) if Path(data).is_dir() else {}
+    order = ("test", "val") if purpose == "eval" else ("train",)
+    split = next((s for s in order if s in splits), None)
+    if split is None and splits:
+        split = next(iter(splits))
+    rows, _ = load_dataset(data, require=cls.required, split=split, skip_bad=skip_bad)
+    options: dict[str, Any] = {}
+    if cls.uses_labels:
+        options["labels"] = sorted({r.label for r in rows})
+        if prompt_template is not None:
+            options["prompt_template"] = prompt_template
+    where = f"{data}" + (f" ({split}/)" if split else "")
+    return OldTask(task=create_task(name, **options), rows=rows, source=where)
+
+
+def score_old_task(old: OldTask, loaded: Loaded, *, batch_size: int = 64, workers: int = 0) -> dict[str, Any]:
+    """The old task's metrics on the model in ``loaded`` (through its current backbone)."""
+    from modaltune.inference import evaluate_rows
+
+    return evaluate_rows(old.task, old.task.attach(loaded), old.rows, batch_size=batch_size, workers=workers)
+
+
+def forgetting_report(old: OldTask, before: dict[str, Any] | None, after: dict[str, Any]) -> dict[str, Any]:
+    """Before/after of the old task's primary metric; ``drop`` > 0 means the model forgot."""
+    metric = old.metric
+    report: dict[str, Any] = {"old_task": old.source, "task": old.name, "metric": metric,
+                              "after": after.get(metric), "before": None, "drop": None,
+                              "relative_drop": None, "rows": len(old.rows)}
+    if before is not None:
+        b, a = float(before[metric]), float(after[metric])
+        report.update(before=b, drop=round(b - a, 6), relative_drop=round((b - a) / b, 6) if b else None)
+    return report
+
+
+# --------------------------------------------------------------------------- rehearsal
+
+
+def replay_split(batch_size: int, ratio: float) -> tuple[int, int]:
+    """(target examples, old examples) per micro-batch for ``ratio`` of old examples."""
+    old = round(batch_size * ratio)
+    if batch_size < 2 or old < 1 or old >= batch_size:
+        raise ConfigError(
+            f"--replay-ratio {ratio} with --batch-size {batch_size} leaves no room for "
+            f"{'old' if old < 1 else 'target'} examples in a batch; raise the batch size or adjust the ratio"
+        )
+    return batch_size - old, old
+
+
+def replay_indices(n_old: int, per_batch: int, *, seed: int, epoch: int, micro_batch: int) -> list[int]:
+    """Old-row indices for one micro-batch: a pure function of (seed, epoch, micro-batch), so a
+    resumed run replays exactly what an uninterrupted one does. Within an epoch the old rows are
+    visited as a chain of seeded permutations, so every old row is seen before any repeats."""
+    from modaltune.trainer.batches import epoch_order
+
+    out = []
+    cache: dict[int, list[int]] = {}
+    for position in range(micro_batch * per_batch, (micro_batch + 1) * per_batch):
+        cycle = position // n_old
+        if cycle not in cache:
+            cache[cycle] = epoch_order(n_old, seed=seed + 7919, epoch=epoch * 100_003 + cycle)
+        out.append(cache[cycle][position % n_old])
+    return out
+
+
+# --------------------------------------------------------------------------- anchor: WiSE-FT, L2-SP
+
+
+def _keeps_finetuned(name: str) -> bool:
+    # LoRA's update is scale * B @ A with B starting at zero: interpolating B alone (A kept) gives
+    # exactly W + alpha * delta, the WiSE-FT mix of the merged weights. Interpolating A too would
+    # scale the update by alpha squared.
+    return "lora_A" in name or "lora_embedding_A" in name
+
+
+@dataclass
+class Anchor:
+    """The trainable parameters as training found them (the pretrained starting point)."""
+
+    weights: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @classmethod
+    def capture(cls, model: nn.Module) -> Anchor:
+        return cls({n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad})
+
+    def to(self, device: torch.device | str) -> Anchor:
+        self.weights = {n: w.to(device) for n, w in self.weights.items()}
+        return self
+
+    def l2sp_penalty(self, model: nn.Module, strength: float) -> torch.Tensor:
+        """strength/2 * sum ||theta - theta_0||^2 over the trainable parameters (autograd-ready)."""
+        total = None
+        for name, param in model.named_parameters():
+            if name in self.weights and param.requires_grad:
+                term = (param.float() - self.weights[name].float()).pow(2).sum()
+                total = term if total is None else total + term
+        if total is None:
+            return torch.zeros(())
+        return 0.5 * strength * total
+
+    def check_lora_start(self) -> None:
+        for name, weight in self.weights.items():
+            if "lora_B" in name and bool(weight.any()):
+                raise ConfigError("WiSE-FT over LoRA needs adapters initialised with B = 0 (PEFT's default)")
+
+    @torch.no_grad()
+    def interpolate(self, model: nn.Module, finetuned: dict[str, torch.Tensor], alpha: float) -> None:
+        """Set the trainable parameters to (1 - alpha) * anchor + alpha * fine-tuned, in place."""
+        for name, param in model.named_parameters():
+            if name not in self.weights:
+                continue
+            tuned = finetuned[name].to(param.device)
+            if _keeps_finetuned(name):
+                param.copy_(tuned)
+            else:
+                base = self.weights[name].to(param.device)
+                # Endpoints copied exactly, not computed: alpha 0 and 1 reproduce the weights bit for bit.
+                param.copy_(base if alpha == 0 else tuned if alpha == 1 else torch.lerp(base, tuned, alpha))
+
+
+def trainable_state(model: nn.Module, names: Sequence[str]) -> dict[str, torch.Tensor]:
+    wanted = set(names)
+    return {n: p.detach().clone() for n, p in model.named_parameters() if n in wanted}
+
+
+@dataclass
+class WiseFtChoice:
+    alpha: float
+    rule: str
+    sweep: list[dict[str, Any]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"alpha": self.alpha, "rule": self.rule, "sweep": self.sweep}
+
+
+def choose_alpha(sweep: list[dict[str, Any]], *, max_forgetting: float | None) -> tuple[float, str]:
+    """Pick alpha from sweep entries {alpha, target, drop (None without an old task)}."""
+    with_drop = all(e["drop"] is not None for e in sweep)
+    if max_forgetting is not None and with_drop:
+        feasible = [e for e in sweep if e["drop"] <= max_forgetting + 1e-12]
+        # alpha 0 (the base) forgets nothing, so the budget can always be met.
+        best = max(feasible, key=lambda e: (e["target"], e["alpha"]))
+        return best["alpha"], f"best target score with an old-task drop of at most {max_forgetting}"
+    top = max(e["target"] for e in sweep)
+    close = [e for e in sweep if e["target"] >= top - WISE_FT_TOLERANCE]
+    if with_drop:
+        best = min(close, key=lambda e: (e["drop"], -e["alpha"]))
+        return best["alpha"], (f"least old-task drop among the alphas within {WISE_FT_TOLERANCE} of the "
+                               "best target score")
+    best = max(close, key=lambda e: (e["target"], e["alpha"]))
+    return best["alpha"], "best target score on validation data"
+
+
+def wise_ft(
+    model: nn.Module, anchor: Anchor, *, alpha: float | str, target_score: Callable[[], float],
+    old_drop: Callable[[], float | None] | None = None, max_forgetting: float | None = None,
+) -> WiseFtChoice:
+    """Mix the fine-tuned weights in ``model`` with ``anchor`` at ``alpha`` (or the best one found by
+    sweeping ``WISE_FT_GRID``); leaves ``model`` at the chosen mix."""
+    anchor.check_lora_start()
+    finetuned = trainable_state(model, list(anchor.weights))
+    if alpha != "auto":
+        anchor.interpolate(model, finetuned, float(alpha))
+        return WiseFtChoice(float(alpha), "given", [])
+    sweep = []
+    for a in WISE_FT_GRID:
+        anchor.interpolate(model, finetuned, a)
+        drop = old_drop() if old_drop is not None else None
+        sweep.append({"alpha": a, "target": round(float(target_score()), 6),
+                      "drop": None if drop is None else round(float(drop), 6)})
+    chosen, rule = choose_alpha(sweep, max_forgetting=max_forgetting)
+    anchor.interpolate(model, finetuned, chosen)
+    return WiseFtChoice(chosen, rule, sweep)
