@@ -33,6 +33,12 @@ from modaltune.tiny import build_clip  # noqa: E402
 
 torch.set_num_threads(2)  # tiny models gain nothing from more, and parallel test workers stay polite
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Feature caches and demo base models go to a temp dir, never the user's ~/.cache."""
+    os.environ["MODALTUNE_CACHE"] = str(tmp_path_factory.mktemp("modaltune-cache"))
+
+
 TINY_CLIP = dict(
     hidden_size=32, layers=2, heads=4, intermediate_size=37, image_size=32, patch_size=8, max_text_len=16
 )

@@ -177,6 +177,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Any = None) -> di
             "restored_best": result.restored_best if result else False,
             "stopped_early": result.stopped_early if result else False,
             "skipped_steps": result.state.skipped_steps if result else 0,
+            "feature_cache": result.feature_cache if result else None,
             "train_seconds": round(result.seconds, 3) if result else 0.0,
             "total_seconds": round(time.perf_counter() - started, 3),
         },

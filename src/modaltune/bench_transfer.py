@@ -56,7 +56,7 @@ def _specs() -> tuple[BenchSpec, BenchSpec]:
     from modaltune.demo import FULL_TARGET
 
     full = BenchSpec(
-        shifts={"near": "blur", "far": "noise"}, sizes=(5, 50, 500), classes=FULL_TARGET.classes,
+        shifts={"near": "noise", "far": "outline"}, sizes=(5, 50, 500), classes=FULL_TARGET.classes,
         val_per_class=25, test_per_class=50, old_test_per_class=25, old_train_per_class=100,
         batch_size=16, lrs=dict(FULL_TARGET.lrs),
     )

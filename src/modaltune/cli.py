@@ -96,6 +96,9 @@ def train(
     prompt_template: Optional[str] = typer.Option(None, help="classify: class prompt, e.g. 'a photo of a {}.'"),
     lora_rank: Optional[int] = typer.Option(None),
     workers: Optional[int] = typer.Option(None, help="DataLoader worker processes"),
+    feature_cache: Optional[bool] = typer.Option(
+        None, "--cache/--no-cache", help="cache frozen-layer outputs (linear-probe, last-n without augment)"),
+    cache_dir: Optional[str] = typer.Option(None, help="feature cache folder (default: the user cache)"),
     trust_remote_code: Optional[bool] = typer.Option(None, "--trust-remote-code", help="allow model code from the hub"),
     old_task: Optional[str] = typer.Option(
         None, help="data of the base model's original task: scored before/after (forgetting)"),

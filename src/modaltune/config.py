@@ -64,6 +64,8 @@ class TrainConfig(BaseModel):
     workers: int = Field(default=0, ge=0)
     eval_batch_size: int = Field(default=64, ge=1)
     zero_shot_baseline: bool = True
+    feature_cache: bool = Field(default=True, description="cache the frozen part's outputs when the strategy allows")
+    cache_dir: str | None = Field(default=None, description="feature cache folder (default: the user cache)")
     trust_remote_code: bool = False
     # ---- keeping what the base model knew (all optional, all composable) ----
     old_task: str | None = Field(default=None, description="data of the original task: scored before and after")

@@ -92,6 +92,10 @@ class Task(Protocol):
     def chance(cls, rows: list[Row]) -> float:
         """The primary metric a model that knows nothing scores on ``rows``."""
 
+    # Optional: ``cache_split(loaded, strategy, layers) -> feature_cache.CacheSplit | None`` cuts the
+    # model at the frozen/trainable boundary so the trainer can cache the frozen part's outputs.
+    # Tasks without it (or returning None) always train through the whole model.
+
 
 _REGISTRY: dict[str, Callable[..., Task]] = {}
 

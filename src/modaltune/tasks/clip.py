@@ -86,7 +86,8 @@ def _top_parameter_names(backbone: nn.Module, scopes: tuple[str, ...] | None) ->
     for name, _ in unwrap(backbone).named_parameters():
         if scopes is not None and not name.startswith(scopes):
             continue
-        if ".embeddings." in name or ".encoder.layers." in name:
+        # Below the blocks (embeddings, CLIP's pre-encoder norm) is not "top": last-n keeps it frozen.
+        if ".embeddings." in name or ".encoder.layers." in name or ".pre_layrnorm." in name:
             continue
         names.append("backbone." + name)
     return names
@@ -205,11 +206,7 @@ class ClassifyTask(DualEncoderTask):
         return batch
 
     def loss(self, loaded: Loaded, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        logits = loaded.model(batch["pixel_values"])
-        weight = None
-        if self.class_weights is not None:
-            weight = torch.tensor(self.class_weights, dtype=logits.dtype, device=logits.device)
-        return F.cross_entropy(logits.float(), batch["labels"], weight=weight)
+        return self._ce(loaded.model(batch["pixel_values"]), batch["labels"])
 
     def outputs(self, loaded: Loaded, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         embeds = loaded.model.embed(batch["pixel_values"])
@@ -259,6 +256,69 @@ class ClassifyTask(DualEncoderTask):
 
     def probe_parameters(self, loaded: Loaded) -> list[str]:
         return ["head."]
+
+    def cache_split(self, loaded: Loaded, strategy: str, layers: int | None) -> Any:
+        """Cut at the pooled embedding (linear probe) or after the last frozen vision block (last-n)."""
+        from modaltune.feature_cache import CacheSplit
+
+        model = loaded.model
+        if not isinstance(model, ClipClassifier) or model.backbone is not unwrap(model.backbone):
+            return None
+        clip = model.backbone
+        vision = clip.vision_model
+        blocks = list(vision.encoder.layers)
+        preprocessing = loaded.processor.image_processor.to_dict()
+        labels = {label: i for i, label in enumerate(self.labels)}
+
+        def collate(items: list[tuple[Row, torch.Tensor]]) -> dict[str, torch.Tensor]:
+            batch = {"features": torch.stack([f for _, f in items])}
+            if all(row.label is not None for row, _ in items):
+                batch["labels"] = torch.tensor([labels[row.label] for row, _ in items])
+            return batch
+
+        if strategy == "linear-probe":
+            def head_logits(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+                return model.head(batch["features"])
+
+            return CacheSplit(
+                name="classify:embeds", frozen=[vision, clip.visual_projection],
+                encode=lambda batch: model.embed(batch["pixel_values"]), collate=collate,
+                loss=lambda batch: self._ce(head_logits(batch), batch["labels"]),
+                outputs=lambda batch: {"logits": head_logits(batch).float(), "image_embeds": batch["features"].float()},
+                preprocessing=preprocessing)
+        if strategy == "last-n" and layers is not None and 0 < layers < len(blocks):
+            cut = len(blocks) - layers
+
+            def bottom(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+                hidden = vision.pre_layrnorm(vision.embeddings(batch["pixel_values"]))
+                for block in blocks[:cut]:
+                    hidden = block(hidden, None)
+                return hidden
+
+            def top(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+                # What CLIPVisionModel + get_image_features do above block `cut` (no attention mask).
+                hidden = batch["features"]
+                for block in blocks[cut:]:
+                    hidden = block(hidden, None)
+                pooled = vision.post_layernorm(hidden[:, 0, :])
+                return F.normalize(clip.visual_projection(pooled), dim=-1)
+
+            def outputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+                embeds = top(batch)
+                return {"logits": model.head(embeds).float(), "image_embeds": embeds.float()}
+
+            return CacheSplit(
+                name=f"classify:vision-block-{cut}/{len(blocks)}",
+                frozen=[vision.embeddings, vision.pre_layrnorm, *blocks[:cut]], encode=bottom, collate=collate,
+                loss=lambda batch: self._ce(model.head(top(batch)), batch["labels"]),
+                outputs=outputs, preprocessing=preprocessing)
+        return None
+
+    def _ce(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        weight = None
+        if self.class_weights is not None:
+            weight = torch.tensor(self.class_weights, dtype=torch.float32, device=logits.device)
+        return F.cross_entropy(logits.float(), labels, weight=weight)
 
     def save(self, loaded: Loaded, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)

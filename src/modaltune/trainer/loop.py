@@ -24,6 +24,7 @@ from torch import nn
 from modaltune.config import TrainConfig
 from modaltune.data.rows import Row
 from modaltune.errors import ModaltuneError
+from modaltune.feature_cache import cached_outputs
 from modaltune.forgetting import Anchor, OldTask, replay_split
 from modaltune.inference import evaluate_rows
 from modaltune.run import RunDir
@@ -49,6 +50,7 @@ class FitResult:
     seconds: float
     stopped_early: bool
     restored_best: bool
+    feature_cache: dict[str, Any] | None = None
 
 
 class _Terminate:
@@ -136,18 +138,21 @@ def fit(
     weights = None
     if cfg.balance == "oversample":
         weights = oversample_weights([row.label for row in train_rows])
-    dataset = MixedDataset(MediaDataset(train_rows, augment=cfg.augment, seed=cfg.seed),
-                           MediaDataset(replay.rows) if replay is not None else None)
+    cached = _feature_cache(cfg, task, loaded, train_rows, val_rows, replay, accelerator.device)
+    target_data = cached.train if cached else MediaDataset(train_rows, augment=cfg.augment, seed=cfg.seed)
+    dataset = MixedDataset(target_data, MediaDataset(replay.rows) if replay is not None else None)
+    target_collate = cached.split.collate if cached else (lambda items: task.collate(loaded, items))
+    target_loss = cached.split.loss if cached else (lambda batch: task.loss(loaded, batch))
 
     def collate(items: list) -> dict[str, dict[str, torch.Tensor]]:
-        parts = {"target": task.collate(loaded, [item for tag, item in items if tag == "target"])}
+        parts = {"target": target_collate([item for tag, item in items if tag == "target"])}
         old_items = [item for tag, item in items if tag == "replay"]
         if old_items:
             parts["replay"] = replay.task.collate(old_loaded, old_items)
         return parts
 
     def micro_batch_loss(parts: dict[str, dict[str, torch.Tensor]]) -> tuple[torch.Tensor, float | None]:
-        loss = task.loss(loaded, parts["target"])
+        loss = target_loss(parts["target"])
         if "replay" in parts:
             # Weighted by examples: the batch is a mix of target and old rows at the requested ratio.
             n_target, n_old = _batch_len(parts["target"]), _batch_len(parts["replay"])
@@ -194,8 +199,16 @@ def fit(
         """Evaluate on validation data; True when early stopping says stop."""
         if not val_rows:
             return False
-        metrics = evaluate_rows(task, loaded, val_rows, batch_size=cfg.eval_batch_size, workers=cfg.workers,
-                                autocast=accelerator.autocast)
+        if cached is not None:
+            model.eval()
+            with accelerator.autocast():
+                outputs = cached_outputs(cached.split, val_rows, cached.val, device=accelerator.device,
+                                         batch_size=cfg.eval_batch_size)
+            model.train()
+            metrics = task.evaluate(loaded, outputs, list(val_rows))
+        else:
+            metrics = evaluate_rows(task, loaded, val_rows, batch_size=cfg.eval_batch_size, workers=cfg.workers,
+                                    autocast=accelerator.autocast)
         score = float(metrics[task.primary_metric])
         log({"kind": "eval", "step": state.step, "epoch": state.epoch,
              **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}})
@@ -269,7 +282,47 @@ def fit(
 
     restored = _restore_best(run, model, state)
     return FitResult(state=state, seconds=time.perf_counter() - started, stopped_early=stopped_early,
-                     restored_best=restored)
+                     restored_best=restored, feature_cache=cached.info if cached else None)
+
+
+@dataclass
+class _Cached:
+    split: Any
+    train: Any  # FeatureDataset
+    val: Any  # np.ndarray of the validation rows' boundary tensors (or None)
+    info: dict[str, Any]
+
+
+def _feature_cache(cfg: TrainConfig, task: Task, loaded: Loaded, train_rows: Sequence[Row],
+                   val_rows: Sequence[Row], replay: OldTask | None, device: torch.device) -> _Cached | None:
+    """Boundary tensors for train and validation rows when the frozen part sees fixed inputs."""
+    if not cfg.feature_cache or cfg.augment or replay is not None:
+        return None
+    make_split = getattr(task, "cache_split", None)
+    split = make_split(loaded, cfg.strategy, cfg.layers) if make_split else None
+    if split is None:
+        return None
+    from pathlib import Path
+
+    from modaltune.feature_cache import FeatureDataset, default_cache_dir, get_features
+
+    root = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
+    tick = time.perf_counter()
+    model = loaded.model
+    model.eval()
+    try:
+        with torch.no_grad():
+            def features(rows: Sequence[Row]) -> tuple[Any, bool]:
+                return get_features(split, lambda items: task.collate(loaded, items), rows, root=root,
+                                    device=device, batch_size=cfg.eval_batch_size, workers=cfg.workers)
+
+            train, train_hit = features(train_rows)
+            val, val_hit = features(val_rows) if val_rows else (None, True)
+    finally:
+        model.train()
+    info = {"split": split.name, "dir": str(root), "hit": train_hit and val_hit,
+            "seconds": round(time.perf_counter() - tick, 3)}
+    return _Cached(split, FeatureDataset(train_rows, train), val, info)
 
 
 def _batch_len(batch: dict[str, torch.Tensor]) -> int:
