@@ -82,6 +82,9 @@ def train(
     schedule: Optional[str] = typer.Option(None, help="cosine | linear | constant (all with warmup)"),
     warmup_ratio: Optional[float] = typer.Option(None),
     precision: Optional[str] = typer.Option(None, help="fp32 | bf16"),
+    grad_checkpointing: Optional[bool] = typer.Option(
+        None, "--grad-checkpointing/--no-grad-checkpointing", help="trade compute for activation memory"),
+    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the blocks"),
     seed: Optional[int] = typer.Option(None),
     balance: Optional[str] = typer.Option(None, help="none | oversample | class-weights"),
     augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="random resized crop + flip"),

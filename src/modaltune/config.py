@@ -46,6 +46,8 @@ class TrainConfig(BaseModel):
     warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
     max_grad_norm: float | None = Field(default=1.0, gt=0)
     precision: Literal["fp32", "bf16"] = "fp32"
+    grad_checkpointing: bool = Field(default=False, description="recompute block activations in backward")
+    compile: bool = Field(default=False, description="torch.compile each transformer block")
     seed: int = 0
     balance: Literal["none", "oversample", "class-weights"] = "none"
     augment: bool = False

@@ -123,6 +123,7 @@ def fit(
     accelerator = make_accelerator(cfg.precision)
     model = loaded.model.to(accelerator.device)
     model.train()
+    _speed_options(cfg, task, loaded)
 
     # ---- the plan: data order is a function of (seed, epoch) only -------------------------------
     target_batch, old_batch = cfg.batch_size, 0
@@ -218,7 +219,7 @@ def fit(
             state.evals_without_improvement += 1
         return cfg.early_stopping is not None and state.evals_without_improvement >= cfg.early_stopping
 
-    with _Terminate() as terminate, _shown(progress, total_steps, state.step):
+    with _Terminate() as terminate, _shown(progress, total_steps, state.step), _flush_denormals(accelerator.device):
         while state.step < total_steps and not stopped_early:
             groups = plan_epoch(len(train_rows), target_batch, cfg.grad_accum, seed=cfg.seed, epoch=state.epoch,
                                 weights=weights, replay=(len(replay.rows), old_batch) if replay else None)
@@ -259,6 +260,7 @@ def fit(
                 state.step += 1
                 state.group_in_epoch += 1
                 log({"kind": "step", "step": state.step, "epoch": state.epoch,
+                     "elapsed": round(time.perf_counter() - started, 4),  # since this process started fitting
                      "loss": sum(losses) / len(losses) if losses else None,
                      "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm, "skipped": not finite,
                      **({"l2sp": penalty} if penalty is not None else {})})
@@ -325,8 +327,42 @@ def _feature_cache(cfg: TrainConfig, task: Task, loaded: Loaded, train_rows: Seq
     return _Cached(split, FeatureDataset(train_rows, train), val, info)
 
 
+def _speed_options(cfg: TrainConfig, task: Task, loaded: Loaded) -> None:
+    """--grad-checkpointing and --compile, applied through the model's own API and the task's blocks."""
+    if cfg.grad_checkpointing:
+        backbone = loaded.model.backbone
+        enable = getattr(backbone, "gradient_checkpointing_enable", None)
+        if enable is None:
+            raise ModaltuneError(f"--grad-checkpointing: {type(backbone).__name__} does not support it")
+        # Non-reentrant: correct when the block inputs do not require grad (frozen embeddings).
+        enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.compile:
+        # Per block rather than the whole model: every task calls the model through its own methods,
+        # and blocks are where the compute is; identical blocks share one compiled graph.
+        for blocks in task.blocks(loaded).values():
+            for block in blocks:
+                block.compile(dynamic=False)
+
+
 def _batch_len(batch: dict[str, torch.Tensor]) -> int:
     return int(next(iter(batch.values())).shape[0])
+
+
+@contextmanager
+def _flush_denormals(device: torch.device) -> Iterator[None]:
+    """Treat subnormal floats as zero while training on a CPU.
+
+    Squared tiny gradients (Adam's second moments) land in the subnormal range, where x86
+    arithmetic is ~100x slower: on a small CLIP here it made whole training steps ~10x slower
+    (benchmarks/RESULTS.md). Values below 1e-38 carry no information for training.
+    """
+    if device.type != "cpu" or not torch.set_flush_denormal(True):
+        yield
+        return
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
 
 
 @contextmanager
