@@ -176,6 +176,22 @@ def eval_rates(model_dir: Path, data: Path, batch: int = 64) -> tuple[float, flo
     return ours, theirs
 
 
+def data_path_rate(model_dir: Path, data: Path, batch: int, batches: int, workers: int) -> float:
+    """Samples/s of decoding + the processor alone (the training loader, no model)."""
+    from modaltune.data import load_dataset
+    from modaltune.tasks.base import create_task
+    from modaltune.trainer.batches import MediaDataset, chunk, loader
+
+    rows, _ = load_dataset(data, require=("image", "text"))
+    task = create_task("retrieve")
+    loaded = task.load(model_dir)
+    keys = chunk([(0, i) for i in range(min(len(rows), batch * batches))], batch)
+    tick = time.perf_counter()
+    n = sum(b["pixel_values"].shape[0] for b in loader(MediaDataset(rows), keys,
+                                                         lambda items: task.collate(loaded, items), workers=workers))
+    return n / (time.perf_counter() - tick)
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -218,6 +234,11 @@ def main() -> None:
     ours, theirs = eval_rates(model, data)
     print(f"\n3. evaluation, images/s (image + text embeddings): modaltune {ours:.1f}, plain transformers "
           f"{theirs:.1f} -> {ours / theirs:.2f}x (target >= 1.0x)")
+
+    for workers in (0, 1):
+        rate = data_path_rate(model, data, args.batch, 16, workers)
+        print(f"\n5. data path alone (decode + processor, {workers} worker(s)): {rate:.1f} samples/s = "
+              f"{rate / rates['modaltune']:.1f}x the training step's rate")
 
     print("\n4. modaltune options, samples/s (on / off)")
     base = rates["modaltune"]

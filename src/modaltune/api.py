@@ -127,10 +127,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Any = None) -> di
 
     baseline: dict[str, Any] = {"skipped": "scratch never reads the pretrained weights"} if scratch else {}
     if not scratch and cfg.zero_shot_baseline and splits.val:
-        baseline = evaluate_rows(task, loaded, splits.val, batch_size=cfg.eval_batch_size, workers=cfg.workers)
+        baseline = evaluate_rows(task, loaded, splits.val, batch_size=cfg.eval_batch_size, workers=cfg.num_workers)
     old_before = None
     if old_task is not None and not scratch:
-        old_before = score_old_task(old_task, loaded, batch_size=cfg.eval_batch_size, workers=cfg.workers)
+        old_before = score_old_task(old_task, loaded, batch_size=cfg.eval_batch_size, workers=cfg.num_workers)
 
     info = apply_strategy(task, loaded, cfg.strategy, layers=cfg.layers,
                           lora=LoraOptions(cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout))
@@ -152,7 +152,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Any = None) -> di
     extra: dict[str, Any] = {}
     if old_task is not None:
         _, exported = load_model(run.model)
-        after = score_old_task(old_task, exported, batch_size=cfg.eval_batch_size, workers=cfg.workers)
+        after = score_old_task(old_task, exported, batch_size=cfg.eval_batch_size, workers=cfg.num_workers)
         extra["forgetting"] = forgetting_report(old_task, old_before, after)
         del exported
     if advice is not None:

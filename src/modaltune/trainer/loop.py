@@ -208,7 +208,7 @@ def fit(
             model.train()
             metrics = task.evaluate(loaded, outputs, list(val_rows))
         else:
-            metrics = evaluate_rows(task, loaded, val_rows, batch_size=cfg.eval_batch_size, workers=cfg.workers,
+            metrics = evaluate_rows(task, loaded, val_rows, batch_size=cfg.eval_batch_size, workers=cfg.num_workers,
                                     autocast=accelerator.autocast)
         score = float(metrics[task.primary_metric])
         log({"kind": "eval", "step": state.step, "epoch": state.epoch,
@@ -224,7 +224,7 @@ def fit(
             groups = plan_epoch(len(train_rows), target_batch, cfg.grad_accum, seed=cfg.seed, epoch=state.epoch,
                                 weights=weights, replay=(len(replay.rows), old_batch) if replay else None)
             pending = groups[state.group_in_epoch:]
-            batches = loader(dataset, [b for g in pending for b in g], collate, workers=cfg.workers)
+            batches = loader(dataset, [b for g in pending for b in g], collate, workers=cfg.num_workers)
             for group in pending:
                 # -- one optimizer step over the micro-batches of this group --
                 losses, finite, penalty = [], True, None
@@ -316,7 +316,7 @@ def _feature_cache(cfg: TrainConfig, task: Task, loaded: Loaded, train_rows: Seq
         with torch.no_grad():
             def features(rows: Sequence[Row]) -> tuple[Any, bool]:
                 return get_features(split, lambda items: task.collate(loaded, items), rows, root=root,
-                                    device=device, batch_size=cfg.eval_batch_size, workers=cfg.workers)
+                                    device=device, batch_size=cfg.eval_batch_size, workers=cfg.num_workers)
 
             train, train_hit = features(train_rows)
             val, val_hit = features(val_rows) if val_rows else (None, True)
