@@ -89,8 +89,10 @@ class TargetSpec:
     lrs: dict[str, float] = field(default_factory=dict)
     layers: int = 1  # for last-n
     augment: bool = False  # random resized crops and flips of the few training images
-    # The old task: name the shape in the source style (what pretraining taught). Scored before and
-    # after every strategy (the forgetting column) and rehearsed by the "+ replay + wise-ft" row.
+    # The old task: name the colour in the source style. Pretraining taught it (every caption names
+    # the colour) and the target never trains it, so a drop is forgetting. Scored before and after
+    # every strategy (the forgetting column) and rehearsed by the "+ replay + wise-ft" row.
+    old_classes: tuple[str, ...] = ("red", "green", "blue", "yellow", "purple", "orange", "white", "black")
     old_test_per_class: int = 25
     old_train_per_class: int = 50
 
@@ -114,7 +116,7 @@ QUICK_BASE = BaseSpec(
 QUICK_TARGET = TargetSpec(
     classes=("circle", "square", "triangle"), style="noise", train_per_class=4, val_per_class=4,
     test_per_class=4, epochs=1, batch_size=8, prompt_template="a {}", lrs=dict(FULL_TARGET.lrs),
-    old_test_per_class=4, old_train_per_class=4,
+    old_classes=("red", "green", "blue"), old_test_per_class=4, old_train_per_class=4,
 )
 #: The extra row: naive `full` again, with rehearsal of the old task (50/50) and WiSE-FT (auto).
 KEEP = "full+replay+wise-ft"
@@ -158,8 +160,8 @@ def run_demo(output: Path, *, quick: bool = False, console: Console | None = Non
                       f"{target_spec.test_per_class} test images per class under {target}")
 
         old = write_old_task(target_spec, base_spec, output / "data" / "old")
-        console.print(f"old task (what pretraining taught): the same shapes drawn in style "
-                      f"{base_spec.styles[0]!r}, {target_spec.old_test_per_class} test images per class in {old}")
+        console.print(f"old task (what pretraining taught): name the colour, style {base_spec.styles[0]!r}, "
+                      f"{target_spec.old_test_per_class} test images per class in {old}")
 
         console.rule("[bold]4 · the advisor, then every strategy on the target task")
         tick = time.perf_counter()
@@ -346,11 +348,11 @@ def write_target_data(target: TargetSpec, base: BaseSpec, root: Path) -> Path:
 
 
 def write_old_task(target: TargetSpec, base: BaseSpec, root: Path) -> Path:
-    """``root/{train,test}/<shape>/*.png`` in the source style: the base model's original task."""
+    """``root/{train,test}/<colour>/*.png`` in the source style: the base model's original task."""
     from modaltune.data.synthetic import write_classification_folder
 
     counts = {"train": target.old_train_per_class, "test": target.old_test_per_class}
-    return write_classification_folder(root, classes=target.classes, attribute="shape", per_class=counts,
+    return write_classification_folder(root, classes=target.old_classes, attribute="colour", per_class=counts,
                                        seed=base.seed + 1000, style=base.styles[0], image_size=base.image_size)
 
 
@@ -522,8 +524,9 @@ def _explanation_html(base: BaseModel, b: BaseSpec, t: TargetSpec, timings: dict
         "<p><b>Reading the numbers.</b> The gap between <i>scratch</i> and the pretrained strategies "
         "is what pretraining buys when labels are few; <i>zero-shot</i> above chance shows the "
         "pretrained text and image towers agree on what the shape words mean.</p>",
-        f"<p><b>Forgetting.</b> The old task is what pretraining taught: name the same shapes drawn in "
-        f"style <i>{b.styles[0]}</i>, scored zero-shot with the same prompts on {t.old_test_per_class} "
+        f"<p><b>Forgetting.</b> The old task is something pretraining taught and the target never "
+        f"trains: name the colour ({', '.join(t.old_classes)}) of shapes drawn in style "
+        f"<i>{b.styles[0]}</i>, scored zero-shot with the same prompt template on {t.old_test_per_class} "
         f"images per class, before (the base model) and after each strategy. <i>{KEEP}</i> is "
         f"<i>full</i> again with half of every batch rehearsing the old task "
         f"({t.old_train_per_class} images per class) and WiSE-FT choosing how far to move from the "
