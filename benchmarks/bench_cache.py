@@ -3,10 +3,10 @@
     .venv/bin/python benchmarks/bench_cache.py [--quick]
 
 A 12-block CLIP with ViT-B/32-like dimensions (random init), 4 classes. For each of linear probe
-and ``last-n --layers 1``, training runs for 1 and for 3 epochs with and without the cache (each
-cached run with an empty cache); the time of an epoch after the first is (T3 - T1) / 2 of the
-trainer's own wall time, so loading, the one-off feature pass and export cancel out. Every epoch
-includes its validation pass and checkpoint, as in real use. Targets: >= 50x (linear probe),
+and ``last-n --layers 1``, training runs 3 epochs with and without the cache (the cached run
+starting from an empty cache); the time of an epoch after the first comes from the trainer's own
+per-step clock in history.jsonl (epochs 2 and 3, each with its validation pass and checkpoint,
+as in real use). Targets: >= 50x (linear probe),
 >= 3x (last-n 1: the one block still trained bounds it).
 """
 
@@ -21,6 +21,20 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import B32, build_model, class_data, machine  # noqa: E402
+
+
+def epoch_seconds(model: Path, data: Path, out: Path, strategy: str, layers: int | None,
+                  cache: bool) -> tuple[float, dict]:
+    """Mean wall time of epochs 2 and 3 of a 3-epoch run, from the trainer's per-step clock: from
+    the last step of epoch 1 to the last step of epoch 3 (each epoch's validation and checkpoint
+    included, the one-off feature pass and loading excluded)."""
+    import json
+
+    _, metrics = train_seconds(model, data, out, strategy, layers, 3, cache)
+    steps = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    steps = [h for h in steps if h["kind"] == "step"]
+    end = {h["epoch"]: h["elapsed"] for h in steps}  # last step seen in each epoch
+    return (end[2] - end[0]) / 2, metrics
 
 
 def train_seconds(model: Path, data: Path, out: Path, strategy: str, layers: int | None, epochs: int,
@@ -53,9 +67,7 @@ def main() -> None:
     for strategy, layers, target in (("linear-probe", None, 50), ("last-n", 1, 3)):
         epoch, final = {}, {}
         for cache in (False, True):
-            one, _ = train_seconds(model, data, work / "run", strategy, layers, 1, cache)
-            three, final[cache] = train_seconds(model, data, work / "run", strategy, layers, 3, cache)
-            epoch[cache] = (three - one) / 2
+            epoch[cache], final[cache] = epoch_seconds(model, data, work / "run", strategy, layers, cache)
         same = (abs(final[True]["loss"] - final[False]["loss"]) <= 1e-5
                 and final[True]["accuracy"] == final[False]["accuracy"])
         name = strategy + (f" {layers}" if layers else "")
