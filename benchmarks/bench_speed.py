@@ -41,9 +41,12 @@ def _rate(times: list[float], batch: int) -> float:
 
 
 def run_modaltune(model: Path, data: Path, out: Path, steps: int, batch: int, **extra) -> float:
+    import shutil
+
     from modaltune.api import train
     from modaltune.config import build_config
 
+    shutil.rmtree(out, ignore_errors=True)  # a rerun of the benchmark measures afresh
     cfg = build_config(task="retrieve", model=str(model), data=str(data), output=str(out), strategy="full",
                        epochs=1, max_steps=steps, batch_size=batch, lr=LR, warmup_ratio=0.0, keep_last=1,
                        zero_shot_baseline=False, val_fraction=0.05, feature_cache=False, **extra)
@@ -122,9 +125,12 @@ def run_plain(model_dir: Path, data: Path, steps: int, batch: int) -> float:
 
 def memory_child(strategy: str, model: str, data: str, out: str, steps: int, batch: int) -> None:
     """Run in a fresh process: train ``steps`` steps and print the process's peak RSS."""
+    import shutil
+
     from modaltune.api import train
     from modaltune.config import build_config
 
+    shutil.rmtree(out, ignore_errors=True)
     cfg = build_config(task="retrieve", model=model, data=data, output=out, strategy=strategy, epochs=1,
                        max_steps=steps, batch_size=batch, keep_last=1, zero_shot_baseline=False, val_fraction=0.05)
     train(cfg)
@@ -202,6 +208,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--memory-child", nargs=6, default=None)
+    parser.add_argument("--sections", default="1,2,3,4,5", help="which measurements to run (1-5)")
     args = parser.parse_args()
     if args.memory_child:
         strategy, model, data, out, steps, batch = args.memory_child
@@ -215,40 +222,44 @@ def main() -> None:
     print(f"machine: {machine()}")
     print(f"model: CLIP {dims}; batch {args.batch}, {args.steps} steps ({WARMUP} warm-up), fp32, AdamW")
 
-    rates = {
-        "modaltune": run_modaltune(model, data, work / "mt", args.steps, args.batch),
-        "hf_trainer": run_hf_trainer(model, data, work / "hf", args.steps, args.batch),
-        "plain_pytorch": run_plain(model, data, args.steps, args.batch),
-    }
-    print("\n1. full fine-tuning, samples/s")
-    for name, rate in rates.items():
-        print(f"   {name:14s} {rate:8.2f}")
-    print(f"   modaltune / HF Trainer = {rates['modaltune'] / rates['hf_trainer']:.2f}x (target >= 1.0x); "
-          f"modaltune / plain = {rates['modaltune'] / rates['plain_pytorch']:.2f}x")
+    sections = {int(x) for x in args.sections.split(",")}
+    rates = {"modaltune": run_modaltune(model, data, work / "mt", args.steps, args.batch)}
+    if 1 in sections:
+        rates["hf_trainer"] = run_hf_trainer(model, data, work / "hf", args.steps, args.batch)
+        rates["plain_pytorch"] = run_plain(model, data, args.steps, args.batch)
+        print("\n1. full fine-tuning, samples/s")
+        for name, rate in rates.items():
+            print(f"   {name:14s} {rate:8.2f}")
+        print(f"   modaltune / HF Trainer = {rates['modaltune'] / rates['hf_trainer']:.2f}x (target >= 1.0x); "
+              f"modaltune / plain = {rates['modaltune'] / rates['plain_pytorch']:.2f}x")
 
-    full = peak_memory("full", model, data, work / "mem-full", 3, args.batch)
-    lora = peak_memory("lora", model, data, work / "mem-lora", 3, args.batch)
-    print(f"\n2. peak RSS, 3 training steps: full {full:.0f} MB, LoRA {lora:.0f} MB -> "
-          f"LoRA / full = {lora / full:.2f}x (target <= 0.5x)")
+    if 2 in sections:
+        full = peak_memory("full", model, data, work / "mem-full", 3, args.batch)
+        lora = peak_memory("lora", model, data, work / "mem-lora", 3, args.batch)
+        print(f"\n2. peak RSS, 3 training steps: full {full:.0f} MB, LoRA {lora:.0f} MB -> "
+              f"LoRA / full = {lora / full:.2f}x (target <= 0.5x)")
 
-    ours, theirs = eval_rates(model, data)
-    print(f"\n3. evaluation, images/s (image + text embeddings): modaltune {ours:.1f}, plain transformers "
-          f"{theirs:.1f} -> {ours / theirs:.2f}x (target >= 1.0x)")
+    if 3 in sections:
+        ours, theirs = eval_rates(model, data)
+        print(f"\n3. evaluation, images/s (image + text embeddings): modaltune {ours:.1f}, plain transformers "
+              f"{theirs:.1f} -> {ours / theirs:.2f}x (target >= 1.0x)")
 
-    for workers in (0, 1):
-        rate = data_path_rate(model, data, args.batch, 16, workers)
-        print(f"\n5. data path alone (decode + processor, {workers} worker(s)): {rate:.1f} samples/s = "
-              f"{rate / rates['modaltune']:.1f}x the training step's rate")
+    if 5 in sections:
+        for workers in (0, 1):
+            rate = data_path_rate(model, data, args.batch, 16, workers)
+            print(f"\n5. data path alone (decode + processor, {workers} worker(s)): {rate:.1f} samples/s = "
+                  f"{rate / rates['modaltune']:.1f}x the training step's rate")
 
-    print("\n4. modaltune options, samples/s (on / off)")
-    base = rates["modaltune"]
-    for name, extra in (("bf16", {"precision": "bf16"}), ("grad-checkpointing", {"grad_checkpointing": True}),
-                        ("compile", {"compile": True})):
-        try:
-            rate = run_modaltune(model, data, work / f"mt-{name}", args.steps, args.batch, **extra)
-            print(f"   {name:20s} {rate:8.2f} / {base:8.2f} = {rate / base:.2f}x")
-        except Exception as exc:  # an option the platform cannot run is reported, not hidden
-            print(f"   {name:20s} failed here: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+    if 4 in sections:
+        print("\n4. modaltune options, samples/s (on / off)")
+        base = rates["modaltune"]
+        for name, extra in (("bf16", {"precision": "bf16"}), ("grad-checkpointing", {"grad_checkpointing": True}),
+                            ("compile", {"compile": True})):
+            try:
+                rate = run_modaltune(model, data, work / f"mt-{name}", args.steps, args.batch, **extra)
+                print(f"   {name:20s} {rate:8.2f} / {base:8.2f} = {rate / base:.2f}x")
+            except Exception as exc:  # an option the platform cannot run is reported, not hidden
+                print(f"   {name:20s} failed here: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
 
 
 if __name__ == "__main__":

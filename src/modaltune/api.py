@@ -144,6 +144,12 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Any = None) -> di
         wise = _wise_ft(cfg, task, loaded, splits.val, anchor, old_task, old_before)
     loaded.model.to("cpu")
     export(task, loaded, run.model)
+    # The final numbers load model/ afresh: drop the training copy (and its anchor) first, so the
+    # run's peak memory is training's, not two models side by side.
+    del loaded, anchor
+    import gc
+
+    gc.collect()
 
     # Final numbers come from the exported model/ itself, so `modaltune eval RUN/model` reproduces them.
     final: dict[str, Any] = {}
