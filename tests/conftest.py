@@ -71,21 +71,12 @@ def caption_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture()
 def run_cli(capsys: pytest.CaptureFixture[str]):
     """Run ``modaltune ARGS`` in-process; returns an object with returncode, stdout and stderr."""
-    import sys
     from types import SimpleNamespace
 
-    from modaltune.cli import main
+    from _cli import invoke
 
     def run(*args: str) -> SimpleNamespace:
-        old, sys.argv = sys.argv, ["modaltune", *args]
-        code = 0
-        try:
-            main()
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        finally:
-            sys.argv = old
-        out, err = capsys.readouterr()
+        code, out, err = invoke(capsys, *args)
         return SimpleNamespace(returncode=code, stdout=out, stderr=err)
 
     return run

@@ -4,28 +4,15 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from modaltune.cli import main
+from _cli import invoke
 
-
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    old = sys.argv
-    sys.argv = ["modaltune", *args]
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    finally:
-        sys.argv = old
-    out, err = capsys.readouterr()
-    return code, out, err
+cli = invoke  # (capsys, *args) -> (exit code, stdout, stderr)
 
 
 @pytest.fixture()

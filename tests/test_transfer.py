@@ -148,15 +148,20 @@ def _classifier(tiny_clip, shape_folder, strategy="full"):
     return task, loaded
 
 
-def test_wise_ft_endpoints_are_exact(tiny_clip, shape_folder):
-    _, loaded = _classifier(tiny_clip, shape_folder)
+def _fine_tuned(loaded, scale):
+    """Anchor the trainable parameters, then move them randomly (a stand-in for training)."""
     model = loaded.model
     anchor = Anchor.capture(model)
     with torch.no_grad():
         for p in model.parameters():
             if p.requires_grad:
-                p.add_(torch.randn_like(p) * 0.1)
-    tuned = trainable_state(model, list(anchor.weights))
+                p.add_(torch.randn_like(p) * scale)
+    return model, anchor, trainable_state(model, list(anchor.weights))
+
+
+def test_wise_ft_endpoints_are_exact(tiny_clip, shape_folder):
+    _, loaded = _classifier(tiny_clip, shape_folder)
+    model, anchor, tuned = _fine_tuned(loaded, 0.1)
     anchor.interpolate(model, tuned, 0.0)
     assert all(torch.equal(p, anchor.weights[n]) for n, p in model.named_parameters() if n in anchor.weights)
     anchor.interpolate(model, tuned, 1.0)
@@ -169,13 +174,7 @@ def test_wise_ft_endpoints_are_exact(tiny_clip, shape_folder):
 
 def test_wise_ft_over_lora_mixes_the_merged_update_linearly(tiny_clip, shape_folder):
     _, loaded = _classifier(tiny_clip, shape_folder, strategy="lora")
-    model = loaded.model
-    anchor = Anchor.capture(model)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn_like(p) * 0.5)
-    tuned = trainable_state(model, list(anchor.weights))
+    model, anchor, tuned = _fine_tuned(loaded, 0.5)
     layer = next(m for n, m in model.named_modules() if hasattr(m, "lora_A") and "q_proj" in n)
 
     def delta():

@@ -79,7 +79,6 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Any = None) -> di
     from modaltune.forgetting import Anchor, forgetting_report, load_old_task, score_old_task
     from modaltune.inference import evaluate_rows
     from modaltune.strategies import LoraOptions, apply_strategy, export
-    from modaltune.trainer.batches import class_weights
     from modaltune.trainer.loop import fit
 
     started = time.perf_counter()
@@ -87,12 +86,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Any = None) -> di
     _check_output(run, cfg, resume)
     task_cls = task_class(cfg.task)
     splits = load_splits(cfg, task_cls)
-    options: dict[str, Any] = {}
-    if splits.labels is not None:
-        options = {"labels": splits.labels, "prompt_template": cfg.prompt_template}
-        if cfg.balance == "class-weights":
-            options["class_weights"] = class_weights([r.label for r in splits.train], splits.labels)
-    task = create_task(cfg.task, **options)
+    task = _task_for(cfg, splits)
 
     run.create()
     run.config.write_text(cfg.to_yaml())
@@ -198,6 +192,18 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Any = None) -> di
     return metrics
 
 
+def _task_for(cfg: TrainConfig, splits: Splits) -> Task:
+    """The task instance ``cfg`` trains: labels and prompt from the data, class weights if asked."""
+    from modaltune.trainer.batches import class_weights
+
+    options: dict[str, Any] = {}
+    if splits.labels is not None:
+        options = {"labels": splits.labels, "prompt_template": cfg.prompt_template}
+        if cfg.balance == "class-weights":
+            options["class_weights"] = class_weights([r.label for r in splits.train], splits.labels)
+    return create_task(cfg.task, **options)
+
+
 def advise(task: str, model: str, data: str | Path, *, reference: str | Path | None = None, batch_size: int = 16,
            seed: int = 0, prompt_template: str | None = None, trust_remote_code: bool = False) -> Any:
     """Measure ``data``'s shift for ``model`` and recommend a strategy (no training)."""
@@ -208,10 +214,7 @@ def advise(task: str, model: str, data: str | Path, *, reference: str | Path | N
                       **({"prompt_template": prompt_template} if prompt_template else {}))
     task_cls = task_class(task)
     splits = load_splits(cfg, task_cls)
-    options: dict[str, Any] = {}
-    if splits.labels is not None:
-        options = {"labels": splits.labels, "prompt_template": cfg.prompt_template}
-    instance = create_task(task, **options)
+    instance = _task_for(cfg, splits)
     loaded = instance.load(model, trust_remote_code=trust_remote_code)
     ref = None
     if reference is not None:

@@ -36,6 +36,7 @@ from rich.console import Console
 from rich.table import Table
 
 from modaltune.errors import ConfigError
+from modaltune.run import user_cache_dir
 
 #: Bump when the way the demo builds its base model changes in a way the spec does not capture.
 CACHE_FORMAT = 1
@@ -218,14 +219,6 @@ def _quiet_transformers() -> Iterator[None]:
 # --------------------------------------------------------------------------- the base model
 
 
-def cache_dir() -> Path:
-    """``$MODALTUNE_CACHE``, else ``$XDG_CACHE_HOME/modaltune``, else ``~/.cache/modaltune``."""
-    if os.environ.get("MODALTUNE_CACHE"):
-        return Path(os.environ["MODALTUNE_CACHE"]).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "modaltune"
-
-
 def base_key(spec: BaseSpec) -> str:
     """Hash of everything that decides the base model's weights.
 
@@ -258,7 +251,7 @@ def ensure_base_model(spec: BaseSpec, source_dir: Path, *, console: Console,
                       timings: dict[str, float]) -> BaseModel:
     """The cached base model for ``spec``, pretraining it first (into the cache) when there is none."""
     key = base_key(spec)
-    final = cache_dir() / "demo-base" / key
+    final = user_cache_dir() / "demo-base" / key
     if (final / "demo_base.json").is_file():
         info = json.loads((final / "demo_base.json").read_text())
         console.print(f"reusing the cached base model {final} (pretrained in "

@@ -54,9 +54,9 @@ class CacheSplit:
 
 
 def default_cache_dir() -> Path:
-    from modaltune.demo import cache_dir
+    from modaltune.run import user_cache_dir
 
-    return cache_dir() / "features"
+    return user_cache_dir() / "features"
 
 
 def _hash_modules(modules: Sequence[nn.Module], digest: Any) -> None:

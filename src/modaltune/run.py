@@ -80,3 +80,13 @@ def resolve_model_dir(path: str | Path) -> Path:
     if (path / "model" / "config.json").is_file():
         return path / "model"
     return path
+
+
+def user_cache_dir() -> Path:
+    """``$MODALTUNE_CACHE``, else ``$XDG_CACHE_HOME/modaltune``, else ``~/.cache/modaltune``."""
+    import os
+
+    if os.environ.get("MODALTUNE_CACHE"):
+        return Path(os.environ["MODALTUNE_CACHE"]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "modaltune"

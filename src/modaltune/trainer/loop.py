@@ -16,6 +16,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -308,8 +309,6 @@ def _feature_cache(cfg: TrainConfig, task: Task, loaded: Loaded, train_rows: Seq
     split = make_split(loaded, cfg.strategy, cfg.layers) if make_split else None
     if split is None:
         return None
-    from pathlib import Path
-
     from modaltune.feature_cache import FeatureDataset, default_cache_dir, get_features
 
     root = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
@@ -317,13 +316,12 @@ def _feature_cache(cfg: TrainConfig, task: Task, loaded: Loaded, train_rows: Seq
     model = loaded.model
     model.eval()
     try:
-        with torch.no_grad():
-            def features(rows: Sequence[Row]) -> tuple[Any, bool]:
-                return get_features(split, lambda items: task.collate(loaded, items), rows, root=root,
-                                    device=device, batch_size=cfg.eval_batch_size, workers=cfg.num_workers)
+        def features(rows: Sequence[Row]) -> tuple[Any, bool]:  # compute_features runs under no_grad
+            return get_features(split, lambda items: task.collate(loaded, items), rows, root=root,
+                                device=device, batch_size=cfg.eval_batch_size, workers=cfg.num_workers)
 
-            train, train_hit = features(train_rows)
-            val, val_hit = features(val_rows) if val_rows else (None, True)
+        train, train_hit = features(train_rows)
+        val, val_hit = features(val_rows) if val_rows else (None, True)
     finally:
         model.train()
     info = {"split": split.name, "dir": str(root), "hit": train_hit and val_hit,
