@@ -68,6 +68,65 @@ def caption_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_caption_corpus(tmp_path_factory.mktemp("captions"), N_CAPTIONS, seed=0, image_size=32)
 
 
+# ---- vision-language families (vqa, caption) ----------------------------------------------------
+
+VL_IMAGE_SIZE = 32
+#: Answers a tiny ViLT already "knows" (its own labels); the data adds the rest.
+VILT_ANSWERS = ["yes", "no", "red", "circle"]
+
+
+def _vl_texts() -> list[str]:
+    from modaltune.data.synthetic import vqa_texts
+
+    return vocabulary_texts() + vqa_texts()
+
+
+@pytest.fixture(scope="session")
+def vqa_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`vqa.jsonl`: 24 images, one question each, 3 annotator answers (10% noisy)."""
+    from modaltune.data.synthetic import write_vqa_corpus
+
+    return write_vqa_corpus(tmp_path_factory.mktemp("vqa"), 24, seed=0, image_size=VL_IMAGE_SIZE)
+
+
+@pytest.fixture(scope="session")
+def multi_caption_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`captions.jsonl`: 12 images with 2 captions each (one line per caption)."""
+    from modaltune.data.synthetic import write_multi_caption_corpus
+
+    return write_multi_caption_corpus(tmp_path_factory.mktemp("mcap"), 12, seed=0, captions=2,
+                                      image_size=VL_IMAGE_SIZE)
+
+
+@pytest.fixture(scope="session")
+def tiny_vilt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from modaltune.tiny_vl import build_vilt_vqa
+
+    return build_vilt_vqa(tmp_path_factory.mktemp("tiny-vilt"), texts=_vl_texts(), answers=VILT_ANSWERS, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_blip_vqa(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from modaltune.tiny_vl import build_blip_vqa
+
+    return build_blip_vqa(tmp_path_factory.mktemp("tiny-blip-vqa"), texts=_vl_texts(), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_blip_caption(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from modaltune.tiny_vl import build_blip_caption
+
+    return build_blip_caption(tmp_path_factory.mktemp("tiny-blip-cap"), texts=_vl_texts(), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_git(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A generic image-text-to-text model (GIT), loaded through AutoModelForImageTextToText."""
+    from modaltune.tiny_vl import build_git_caption
+
+    return build_git_caption(tmp_path_factory.mktemp("tiny-git"), texts=_vl_texts(), seed=0)
+
+
 @pytest.fixture()
 def run_cli(capsys: pytest.CaptureFixture[str]):
     """Run ``modaltune ARGS`` in-process; returns an object with returncode, stdout and stderr."""

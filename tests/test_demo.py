@@ -64,6 +64,15 @@ def test_quick_demo_writes_every_output_and_reuses_the_cached_base(tmp_path: Pat
         assert strategy in report
     assert "data:image/png;base64," in report
 
+    # The vision-language section: a VQA and a captioning run, each with its own report of samples.
+    vl = json.loads((output / "demo_vl_results.json").read_text())
+    assert [r["task"] for r in vl] == ["vqa", "caption"]
+    assert set(vl[0]["trained"]) == {"vqa_accuracy", "exact_match"} and vl[0]["example"]["question"]
+    assert {"bleu_4", "cider"} <= set(vl[1]["trained"]) and vl[1]["example"]["references"]
+    for r in vl:
+        assert "Sample predictions" in Path(r["report"]).read_text()
+    assert "Visual question answering and captioning" in report
+
     # The base model is cached once; a second demo (into the same folder) uses it and says so.
     entries = [p for p in (cache / "demo-base").iterdir()]
     assert len(entries) == 1 and not entries[0].name.startswith(".")  # no leftover temp dir

@@ -21,36 +21,58 @@ from modaltune.trainer.loop import fit
 
 TRAINED = ["linear-probe", "last-n", "full", "lora", "scratch"]
 
+#: (task, model fixture, data fixture): every registered family, and each model layout a family
+#: handles differently (VQA: a classifier and a generator; captioning: BLIP and a generic model).
+CASES = [
+    ("classify", "tiny_clip", "shape_folder"),
+    ("retrieve", "tiny_clip", "caption_manifest"),
+    ("vqa", "tiny_vilt", "vqa_manifest"),
+    ("vqa", "tiny_blip_vqa", "vqa_manifest"),
+    ("caption", "tiny_blip_caption", "multi_caption_manifest"),
+    ("caption", "tiny_git", "multi_caption_manifest"),
+]
+CASE_IDS = [f"{task}-{model.removeprefix('tiny_')}" for task, model, _ in CASES]
 
-def _data_for(task: str, shape_folder: Path, caption_manifest: Path) -> str:
-    return str(shape_folder / "train") if task == "classify" else str(caption_manifest)
+
+def test_every_registered_family_has_a_case():
+    assert {task for task, _, _ in CASES} == set(list_tasks())
+
+
+def _data_for(task: str, data: Path) -> str:
+    return str(data / "train") if task == "classify" else str(data)
 
 
 def _make(task_name: str, data: str):
-    rows, _ = load_dataset(data, require=task_class(task_name).required)
-    options = {"labels": sorted({r.label for r in rows})} if task_class(task_name).uses_labels else {}
+    cls = task_class(task_name)
+    rows, _ = load_dataset(data, require=cls.required)
+    options = {"labels": sorted({r.label for r in rows})} if cls.uses_labels else {}
+    if hasattr(cls, "options_from_rows"):
+        options.update(cls.options_from_rows(rows))
     return create_task(task_name, **options), rows
 
 
 def _canonical(name: str) -> str:
-    """A parameter's name in the plain model (PEFT inserts base_model.model. and .base_layer)."""
-    return name.replace("base_model.model.", "").replace(".base_layer", "")
+    """A parameter's name in the plain model (PEFT inserts base_model.model., .base_layer, and keeps a
+    module it trains in full as modules_to_save.default beside its original_module)."""
+    for part in ("base_model.model.", ".base_layer", ".modules_to_save.default", ".original_module"):
+        name = name.replace(part, "")
+    return name
 
 
-@pytest.mark.parametrize("task_name", list_tasks())
+@pytest.mark.parametrize(("task_name", "model_fixture", "data_fixture"), CASES, ids=CASE_IDS)
 @pytest.mark.parametrize("strategy", TRAINED)
-def test_strategy_trains_exactly_its_parameters(task_name, strategy, tiny_clip, shape_folder, caption_manifest,
-                                                tmp_path):
-    task, rows = _make(task_name, _data_for(task_name, shape_folder, caption_manifest))
+def test_strategy_trains_exactly_its_parameters(task_name, model_fixture, data_fixture, strategy, request, tmp_path):
+    model_dir = request.getfixturevalue(model_fixture)
+    task, rows = _make(task_name, _data_for(task_name, request.getfixturevalue(data_fixture)))
     torch.manual_seed(0)
-    loaded = task.load(tiny_clip, scratch=strategy == "scratch")
+    loaded = task.load(model_dir, scratch=strategy == "scratch")
     base = {n: p.detach().clone() for n, p in loaded.model.named_parameters()}
 
     info = apply_strategy(task, loaded, strategy, layers=1 if strategy == "last-n" else None)
     trainable = {n for n, p in loaded.model.named_parameters() if p.requires_grad}
     assert info.trainable_params == sum(p.numel() for p in loaded.model.parameters() if p.requires_grad) > 0
 
-    cfg = build_config(task=task_name, model=str(tiny_clip), data="unused", strategy=strategy,
+    cfg = build_config(task=task_name, model=str(model_dir), data="unused", strategy=strategy,
                        layers=1 if strategy == "last-n" else None, epochs=1, max_steps=3, batch_size=4,
                        lr=1e-2, warmup_ratio=0.0, output=str(tmp_path / "run"))
     fit(cfg, task, loaded, rows, [], RunDir(tmp_path / "run").create())
@@ -67,11 +89,13 @@ def test_strategy_trains_exactly_its_parameters(task_name, strategy, tiny_clip, 
     lora_changed = [n for n in trainable if "lora_B" in n and param_nonzero(after[n])]
     if strategy == "lora":
         assert lora_changed, "LoRA B matrices start at zero and must have learned something"
-        assert not any("lora_" not in n and not n.startswith("head.") for n in trainable)
+        assert not any("lora_" not in n and not n.startswith("head.") and "modules_to_save" not in n
+                       for n in trainable)
     else:
         assert not any("lora_" in n for n in after)
 
-    groups = _expected_groups(task_name, strategy, loaded)
+    groups = _expected_groups(task_name, strategy, loaded) if task_name in ("classify", "retrieve") \
+        else _expected_vl_groups(task, strategy, loaded)
     assert groups(trainable)
 
 
@@ -99,6 +123,29 @@ def _expected_groups(task_name: str, strategy: str, loaded):
             return lambda names: not any("text_model" in n or "text_projection" in n for n in names)
         return lambda names: len(names) == len(list(loaded.model.parameters()))
     return lambda names: all(("self_attn" in n and "lora_" in n) or n.startswith("head.") for n in names)
+
+
+def _expected_vl_groups(task, strategy: str, loaded):
+    """The same meanings for the vision-language families, read from the task's own stacks."""
+    if strategy == "linear-probe":
+        prefixes = tuple(task.probe_parameters(loaded))
+        return lambda names: all(n.startswith(prefixes) for n in names)
+    if strategy in ("full", "scratch"):
+        return lambda names: len(names) == len(list(loaded.model.parameters()))
+    if strategy == "lora":
+        return lambda names: all("lora_" in n or "modules_to_save" in n for n in names)
+    stacks = {f"backbone.{path}.": len(blocks) for path, blocks in task.blocks(loaded).items()}
+
+    def last_block_of_each_stack(names) -> bool:
+        trained: dict[str, set[str]] = {prefix: set() for prefix in stacks}
+        for n in names:
+            for prefix in stacks:
+                if n.startswith(prefix):
+                    trained[prefix].add(n[len(prefix):].split(".")[0])
+        return (all(blocks == {str(stacks[p] - 1)} for p, blocks in trained.items())
+                and not any("embed" in n for n in names))
+
+    return last_block_of_each_stack
 
 
 def test_zero_shot_freezes_everything(tiny_clip, shape_folder, caption_manifest):

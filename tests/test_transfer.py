@@ -108,19 +108,28 @@ def test_frechet_distance():
 @pytest.mark.parametrize("batch", [2, 3, 8, 16, 33])
 @pytest.mark.parametrize("ratio", [0.1, 0.25, 0.5, 0.75])
 def test_replay_batches_hold_the_requested_ratio(batch, ratio):
-    if round(batch * ratio) < 1 or round(batch * ratio) >= batch:
+    if round(batch * ratio / (1 - ratio)) < 1:
         with pytest.raises(ConfigError, match="replay-ratio"):
             replay_split(batch, ratio)
         return
     target, old = replay_split(batch, ratio)
+    # The target keeps its whole batch (rehearsal does not change how the target data is consumed).
+    assert target == batch
     groups = plan_epoch(37, target, 2, seed=1, epoch=0, replay=(11, old))
+    assert groups == plan_epoch(37, target, 2, seed=1, epoch=0, replay=(11, old))
+    plain = plan_epoch(37, batch, 2, seed=1, epoch=0)
+    assert [[[k for k in micro if k[0] != "replay"] for micro in g] for g in groups] == plain
     for group in groups:
         for micro in group:
             n_old = sum(1 for key in micro if key[0] == "replay")
-            full = len(micro) - n_old == target
-            if full:
+            if len(micro) - n_old == target:
                 assert abs(n_old - ratio * len(micro)) <= 1
-                assert len(micro) == batch
+
+
+@pytest.mark.parametrize("ratio", [0.0, 1.0, -0.5, 1.5])
+def test_replay_ratio_must_leave_room_for_both(ratio):
+    with pytest.raises(ConfigError, match="replay-ratio"):
+        replay_split(16, ratio)
 
 
 def test_replay_visits_every_old_row_before_repeating_and_is_a_pure_function():
@@ -234,8 +243,8 @@ def test_forgetting_report_replay_and_wise_ft_in_a_run(tiny_clip, shape_folder, 
     history = [json.loads(line) for line in (tmp_path / "a" / "history.jsonl").read_text().splitlines()]
     steps = [h for h in history if h["kind"] == "step"]
     assert steps[0]["l2sp"] == 0.0 and steps[-1]["l2sp"] > 0.0
-    # 18 train rows at 2 target rows per batch (batch 4, half replay) = 9 steps per epoch, 2 epochs.
-    assert len(steps) == 18
+    # 18 train rows at 4 target rows per batch (+4 replayed ones) = 5 steps per epoch, 2 epochs.
+    assert len(steps) == 10
     report = (tmp_path / "a" / "report.html").read_text()
     assert "Forgetting (old task)" in report and "WiSE-FT" in report
 

@@ -27,7 +27,8 @@ class Splits:
 def _load(path: str | Path, task_cls: Any, *, split: str | None, known: set[str] | None, skip_bad: bool):
     from modaltune.data import load_dataset
 
-    return load_dataset(path, require=task_cls.required, split=split, known_labels=known, skip_bad=skip_bad)
+    return load_dataset(path, require=task_cls.required, split=split, known_labels=known, skip_bad=skip_bad,
+                        field_names=getattr(task_cls, "field_names", None))
 
 
 def load_splits(cfg: TrainConfig, task_cls: Any) -> Splits:
@@ -137,7 +138,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Any = None) -> di
     if cfg.wise_ft is not None and anchor is not None:
         wise = _wise_ft(cfg, task, loaded, splits.val, anchor, old_task, old_before)
     loaded.model.to("cpu")
-    export(task, loaded, run.model)
+    export(task, loaded, run.model, consume=True)  # the training copy is dropped just below
     # The final numbers load model/ afresh: drop the training copy (and its anchor) first, so the
     # run's peak memory is training's, not two models side by side.
     del loaded, anchor
@@ -188,7 +189,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Any = None) -> di
         reporting.plot_confusion_matrix(final["confusion_matrix"], splits.labels, run.plots / "confusion_matrix.png")
     reporting.write_report(run.root, title=f"modaltune · {cfg.task} · {cfg.strategy}", config=cfg.model_dump(),
                            data_report=splits.report, metrics=metrics, history=run.read_history(),
-                           sections=reporting.transfer_sections(metrics))
+                           sections=reporting.transfer_sections(metrics) + reporting.sample_sections(metrics))
     return metrics
 
 
@@ -197,8 +198,14 @@ def _task_for(cfg: TrainConfig, splits: Splits) -> Task:
     from modaltune.trainer.batches import class_weights
 
     options: dict[str, Any] = {}
+    from_rows = getattr(task_class(cfg.task), "options_from_rows", None)
+    if callable(from_rows):
+        options.update(from_rows(splits.train))
+    for name in ("num_beams", "max_new_tokens"):
+        if getattr(cfg, name) is not None:
+            options[name] = getattr(cfg, name)
     if splits.labels is not None:
-        options = {"labels": splits.labels, "prompt_template": cfg.prompt_template}
+        options.update(labels=splits.labels, prompt_template=cfg.prompt_template)
         if cfg.balance == "class-weights":
             options["class_weights"] = class_weights([r.label for r in splits.train], splits.labels)
     return create_task(cfg.task, **options)
@@ -281,7 +288,8 @@ def _check_output(run: RunDir, cfg: TrainConfig, resume: bool) -> None:
 
 
 def load_model(model_or_run: str | Path, *, task: str | None = None, labels: list[str] | None = None,
-               texts: list[str] | None = None, trust_remote_code: bool = False) -> tuple[Task, Loaded]:
+               texts: list[str] | None = None, trust_remote_code: bool = False,
+               **generation: int | None) -> tuple[Task, Loaded]:
     """A saved modaltune model (or a run directory, or a base model with ``task``) ready to use."""
     source = resolve_model_dir(model_or_run)
     meta = read_meta(source) if source.is_dir() else None
@@ -295,6 +303,7 @@ def load_model(model_or_run: str | Path, *, task: str | None = None, labels: lis
         options["labels"] = labels
     if texts:
         options["texts"] = texts
+    options.update({k: v for k, v in generation.items() if v is not None})  # num_beams, max_new_tokens
     instance = create_task(name, **options)
     loaded = instance.load(source if source.exists() else str(model_or_run), trust_remote_code=trust_remote_code)
     loaded.model.to(device())
@@ -338,8 +347,10 @@ def _eval_rows(model_or_run: str | Path, data: str | Path | None, *, task: str |
 
 
 def predict(model_or_run: str | Path, inputs: list[str | Path], *, task: str | None = None,
-            labels: list[str] | None = None, texts: list[str] | None = None) -> list[dict]:
-    """Predictions for image files, one dict per input (label + top-k, or ranked texts)."""
+            labels: list[str] | None = None, texts: list[str] | None = None, question: str | None = None,
+            num_beams: int | None = None, max_new_tokens: int | None = None) -> list[dict]:
+    """Predictions for image files, one dict per input (label + top-k, ranked texts, a caption, or the
+    answer to ``question``)."""
     from modaltune.data import MediaError, load_image
     from modaltune.inference import predict_rows
 
@@ -349,6 +360,9 @@ def predict(model_or_run: str | Path, inputs: list[str | Path], *, task: str | N
             load_image(Path(item))
         except MediaError as exc:
             raise DataError(f"{item}: {exc.reason}: {exc}") from None
-        rows.append(Row(id=str(item), image=Path(item)))
-    instance, loaded = load_model(model_or_run, task=task, labels=labels, texts=texts)
+        rows.append(Row(id=str(item), image=Path(item), question=question))
+    instance, loaded = load_model(model_or_run, task=task, labels=labels, texts=texts, num_beams=num_beams,
+                                  max_new_tokens=max_new_tokens)
+    if "question" in getattr(instance, "required", ()) and not (question and question.strip()):
+        raise ConfigError(f"task {instance.name} answers a question about each image: pass --question \"...\"")
     return predict_rows(instance, loaded, rows)

@@ -65,7 +65,7 @@ def validate(
 
 @app.command()
 def train(
-    task: Optional[str] = typer.Option(None, help="classify | retrieve"),
+    task: Optional[str] = typer.Option(None, help="classify | retrieve | vqa | caption"),
     model: Optional[str] = typer.Option(None, help="hub name or local directory of the base model"),
     data: Optional[str] = typer.Option(None, help="training data (folder with train/ val/, CSV, JSONL)"),
     val: Optional[str] = typer.Option(None, help="validation data (default: the data's val/ or a seeded split)"),
@@ -103,11 +103,15 @@ def train(
         None, "--cache/--no-cache", help="cache frozen-layer outputs (linear-probe, last-n without augment)"),
     cache_dir: Optional[str] = typer.Option(None, help="feature cache folder (default: the user cache)"),
     trust_remote_code: Optional[bool] = typer.Option(None, "--trust-remote-code", help="allow model code from the hub"),
+    num_beams: Optional[int] = typer.Option(None, help="caption / generative vqa: beam size (default 1)"),
+    max_new_tokens: Optional[int] = typer.Option(
+        None, help="caption / generative vqa: longest output (default 30 / 10 tokens)"),
     old_task: Optional[str] = typer.Option(
         None, help="data of the base model's original task: scored before/after (forgetting)"),
     old_task_type: Optional[str] = typer.Option(None, help="task of the old data (default: from its columns)"),
     replay: Optional[str] = typer.Option(None, help="old-task data mixed into every batch (rehearsal)"),
-    replay_ratio: Optional[float] = typer.Option(None, help="share of each batch from --replay (default 0.5)"),
+    replay_ratio: Optional[float] = typer.Option(
+        None, help="share of each batch from --replay (default 0.5), on top of the --batch-size target rows"),
     wise_ft: Optional[str] = typer.Option(None, help="WiSE-FT: alpha in [0,1] (0 = base, 1 = fine-tuned) or 'auto'"),
     max_forgetting: Optional[float] = typer.Option(None, help="wise-ft auto: largest old-task drop allowed"),
     l2sp: Optional[float] = typer.Option(None, help="L2-SP strength: pull towards the pretrained weights"),
@@ -277,11 +281,15 @@ def predict(
     task: Optional[str] = typer.Option(None, help="task for a base model"),
     labels: Optional[str] = typer.Option(None, help="classify a base model zero-shot over these labels: a,b,c"),
     texts: Optional[str] = typer.Option(None, help="retrieve: rank these candidate texts: a,b,c"),
+    question: Optional[str] = typer.Option(None, help="vqa: the question asked about every image"),
+    num_beams: Optional[int] = typer.Option(None, help="caption / generative vqa: beam size"),
+    max_new_tokens: Optional[int] = typer.Option(None, help="caption / generative vqa: longest output"),
 ) -> None:
     """Predict for image files; one JSON object per line on stdout."""
     from modaltune.api import predict as run_predict
 
-    for result in run_predict(run_or_model, inputs, task=task, labels=_split_list(labels), texts=_split_list(texts)):
+    for result in run_predict(run_or_model, inputs, task=task, labels=_split_list(labels), texts=_split_list(texts),
+                              question=question, num_beams=num_beams, max_new_tokens=max_new_tokens):
         print(json.dumps(result))
 
 

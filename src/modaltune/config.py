@@ -70,11 +70,15 @@ class TrainConfig(BaseModel):
     feature_cache: bool = Field(default=True, description="cache the frozen part's outputs when the strategy allows")
     cache_dir: str | None = Field(default=None, description="feature cache folder (default: the user cache)")
     trust_remote_code: bool = False
+    # ---- generation (caption, generative vqa); None = the model's saved setting or the task default ----
+    num_beams: int | None = Field(default=None, ge=1, description="beam size when generating text (default 1)")
+    max_new_tokens: int | None = Field(default=None, ge=1, description="longest generated answer/caption")
     # ---- keeping what the base model knew (all optional, all composable) ----
     old_task: str | None = Field(default=None, description="data of the original task: scored before and after")
     old_task_type: str | None = Field(default=None, description="task of the old data (default: from its columns)")
     replay: str | None = Field(default=None, description="old-task data mixed into every training batch")
-    replay_ratio: float = Field(default=0.5, gt=0, lt=1, description="share of each batch taken from --replay")
+    replay_ratio: float = Field(default=0.5, gt=0, lt=1, description=(
+        "share of each batch taken from --replay; old rows come on top of the --batch-size target rows"))
     wise_ft: float | Literal["auto"] | None = Field(
         default=None, description="interpolate base -> fine-tuned weights at this alpha, or sweep it ('auto')")
     max_forgetting: float | None = Field(

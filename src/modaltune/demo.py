@@ -45,7 +45,7 @@ STRATEGIES = ("zero-shot", "linear-probe", "last-n", "full", "lora", "scratch")
 #: Written into the output folder, so a later demo knows it may replace what an earlier one wrote.
 MARKER = ".modaltune-demo"
 #: What the demo writes into the output folder (and so replaces on a rerun).
-OUTPUTS = ("data", "runs", "plots", "demo_results.json", "report.html")
+OUTPUTS = ("data", "runs", "plots", "demo_results.json", "demo_vl_results.json", "report.html")
 
 
 # --------------------------------------------------------------------------- what the demo runs
@@ -175,10 +175,18 @@ def run_demo(output: Path, *, quick: bool = False, console: Console | None = Non
             row["advisor_pick"] = row["strategy"] == advice.strategy
         timings["strategies"] = time.perf_counter() - tick
 
+        console.rule("[bold]5 · visual question answering and captioning")
+        tick = time.perf_counter()
+        from modaltune.demo_vl import run_vl_section
+
+        vision_language = run_vl_section(output, quick=quick, console=console)
+        timings["vqa and captioning"] = time.perf_counter() - tick
+
     timings["total"] = time.perf_counter() - started
     console.print(results_table(results, target_spec))
     console.print(f"advisor's pick: [bold]{advice.strategy}[/] — " + "; ".join(advice.reasons[:2]))
-    write_outputs(output, results, base, base_spec, target_spec, timings, advice=advice)
+    write_outputs(output, results, base, base_spec, target_spec, timings, advice=advice,
+                  vision_language=vision_language)
     console.print(f"total {timings['total']:.0f}s · results in {output / 'demo_results.json'} · "
                   f"report {output / 'report.html'}")
     return results
@@ -432,11 +440,15 @@ def results_table(results: list[dict[str, Any]], spec: TargetSpec) -> Table:
 
 
 def write_outputs(output: Path, results: list[dict[str, Any]], base: BaseModel, base_spec: BaseSpec,
-                  target_spec: TargetSpec, timings: dict[str, float], *, advice: Any) -> None:
+                  target_spec: TargetSpec, timings: dict[str, float], *, advice: Any,
+                  vision_language: list[dict[str, Any]] | None = None) -> None:
     """``demo_results.json``, ``plots/`` and ``report.html`` in ``output``."""
+    from modaltune.demo_vl import vl_html
     from modaltune.report import plot_strategy_comparison, write_report
 
     (output / "demo_results.json").write_text(json.dumps(results, indent=2) + "\n")
+    if vision_language:
+        (output / "demo_vl_results.json").write_text(json.dumps(vision_language, indent=2) + "\n")
     plots = output / "plots"
     plot_strategy_comparison(results, plots / "comparison.png", "accuracy")
     plot_strategy_comparison(results, plots / "comparison_macro_f1.png", "macro_f1")
@@ -471,6 +483,8 @@ def write_outputs(output: Path, results: list[dict[str, Any]], base: BaseModel, 
         metrics=headline, history=history,
         sections=[("Results per strategy", _results_html(results)),
                   ("The advisor", "<ul>" + "".join(f"<li>{html.escape(r)}</li>" for r in advice.reasons) + "</ul>"),
+                  *([("Visual question answering and captioning", vl_html(vision_language))]
+                    if vision_language else []),
                   ("What the demo did", _explanation_html(base, base_spec, target_spec, timings))],
     )
 

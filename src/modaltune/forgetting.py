@@ -92,7 +92,8 @@ def load_old_task(data: str | Path, target: type, *, explicit: str | None = None
     split = next((s for s in order if s in splits), None)
     if split is None and splits:
         split = next(iter(splits))
-    rows, _ = load_dataset(data, require=cls.required, split=split, skip_bad=skip_bad)
+    rows, _ = load_dataset(data, require=cls.required, split=split, skip_bad=skip_bad,
+                           field_names=getattr(cls, "field_names", None))
     options: dict[str, Any] = {}
     if cls.uses_labels:
         options["labels"] = sorted({r.label for r in rows})
@@ -125,14 +126,19 @@ def forgetting_report(old: OldTask, before: dict[str, Any] | None, after: dict[s
 
 
 def replay_split(batch_size: int, ratio: float) -> tuple[int, int]:
-    """(target examples, old examples) per micro-batch for ``ratio`` of old examples."""
-    old = round(batch_size * ratio)
-    if batch_size < 2 or old < 1 or old >= batch_size:
+    """(target examples, old examples) per micro-batch for ``ratio`` of old examples.
+
+    The target keeps the whole ``batch_size`` and the old examples come on top, so turning
+    rehearsal on does not change how the target data is consumed (steps per epoch, schedule)."""
+    if not 0 < ratio < 1:
+        raise ConfigError(f"--replay-ratio must be between 0 and 1 (exclusive), got {ratio}")
+    old = round(batch_size * ratio / (1 - ratio))
+    if old < 1:
         raise ConfigError(
-            f"--replay-ratio {ratio} with --batch-size {batch_size} leaves no room for "
-            f"{'old' if old < 1 else 'target'} examples in a batch; raise the batch size or adjust the ratio"
+            f"--replay-ratio {ratio} with --batch-size {batch_size} leaves no room for old examples in a "
+            "batch; raise the batch size or the ratio"
         )
-    return batch_size - old, old
+    return batch_size, old
 
 
 def replay_indices(n_old: int, per_batch: int, *, seed: int, epoch: int, micro_batch: int) -> list[int]:

@@ -35,15 +35,25 @@ def compute_outputs(
             with autocast() if autocast is not None else nullcontext():
                 out = task.outputs(loaded, batch)
             for key, value in out.items():
-                parts.setdefault(key, []).append(value.detach().float().cpu())
+                value = value.detach().cpu()
+                # Generated token ids stay integers; everything else is compared in fp32.
+                parts.setdefault(key, []).append(value.float() if value.is_floating_point() else value)
     finally:
         model.train(was_training)
     return {k: torch.cat(v) for k, v in parts.items()}
 
 
+def eval_rows(task: Task, rows: Sequence[Row]) -> list[Row]:
+    """The rows a task scores: a task may merge rows first (captioning: one row per image holding all
+    of its reference captions, so each image is captioned once)."""
+    group = getattr(task, "eval_rows", None)
+    return list(group(rows)) if callable(group) else list(rows)
+
+
 @torch.no_grad()
 def evaluate_rows(task: Task, loaded: Loaded, rows: Sequence[Row], **kwargs: Any) -> dict[str, Any]:
-    return task.evaluate(loaded, compute_outputs(task, loaded, rows, **kwargs), list(rows))
+    rows = eval_rows(task, rows)
+    return task.evaluate(loaded, compute_outputs(task, loaded, rows, **kwargs), rows)
 
 
 @torch.no_grad()

@@ -507,3 +507,43 @@ def transfer_sections(metrics: dict) -> list[tuple[str, str]]:
         sections.append(("WiSE-FT", f"<p>alpha = {wise['alpha']:.2f} ({esc(wise['rule'])}).</p>{table}"))
     return sections
 
+
+
+def sample_sections(metrics: dict, *, thumbnail: int = 96) -> list[tuple[str, str]]:
+    """Sample predictions next to their references, with the image, for generative and VQA tasks:
+    ``metrics["samples"]`` from this run, and the base model's own answers from the zero-shot
+    baseline for the same rows."""
+    import html as _html
+    import io
+
+    from modaltune.data import MediaError, load_image
+
+    samples = metrics.get("samples")
+    if not samples:
+        return []
+    esc = _html.escape
+    base = {s["id"]: s for s in (metrics.get("zero_shot") or {}).get("samples", [])}
+
+    def image_cell(path: str) -> str:
+        try:
+            image = load_image(Path(path)).convert("RGB")
+        except (MediaError, OSError):
+            return "<td>(image unreadable)</td>"
+        image.thumbnail((thumbnail, thumbnail))
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        data = base64.b64encode(buffer.getvalue()).decode("ascii")
+        return f'<td><img alt="{esc(path)}" src="data:image/png;base64,{data}"></td>'
+
+    has_question = any(s.get("question") for s in samples)
+    header = "<tr><th>image</th>" + ("<th>question</th>" if has_question else "") + \
+        "<th>this model</th>" + ("<th>base model (zero-shot)</th>" if base else "") + "<th>reference(s)</th></tr>"
+    rows = []
+    for s in samples:
+        refs = "<br>".join(esc(r) for r in s.get("references", []))
+        question = f"<td>{esc(s.get('question') or '')}</td>" if has_question else ""
+        zero = f"<td>{esc(base.get(s['id'], {}).get('prediction', ''))}</td>" if base else ""
+        rows.append(f"<tr>{image_cell(s['image'])}{question}<td><b>{esc(s['prediction'])}</b></td>{zero}"
+                    f"<td>{refs}</td></tr>")
+    return [("Sample predictions", f"<p>The first {len(samples)} validation examples.</p>"
+             f"<table>{header}{''.join(rows)}</table>")]

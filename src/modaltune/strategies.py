@@ -102,9 +102,11 @@ def _apply_lora(task: Task, loaded: Loaded, options: LoraOptions) -> str:
 
     model = loaded.model
     head = task.probe_parameters(loaded) if not _is_backbone_only(task, loaded) else []
+    to_save = getattr(task, "lora_modules_to_save", None)
     config = LoraConfig(
         r=options.rank, lora_alpha=options.alpha, lora_dropout=options.dropout,
         target_modules=task.lora_targets(loaded), bias="none",
+        modules_to_save=(to_save(loaded) or None) if callable(to_save) else None,
     )
     model.requires_grad_(False)
     model.backbone = get_peft_model(model.backbone, config)
@@ -123,11 +125,13 @@ def is_peft(loaded: Loaded) -> bool:
     return hasattr(loaded.model.backbone, "merge_and_unload")
 
 
-def export(task: Task, loaded: Loaded, directory: Path) -> None:
+def export(task: Task, loaded: Loaded, directory: Path, *, consume: bool = False) -> None:
     """Write ``directory`` (the run's ``model/``): plain-transformers weights; LoRA also keeps its adapter.
 
     For LoRA the adapter goes to ``directory/adapter`` (loadable with ``PeftModel.from_pretrained``),
-    and the merged weights to ``directory`` itself. The in-memory model is left untouched.
+    and the merged weights to ``directory`` itself. The in-memory model is left untouched, unless
+    ``consume``: then LoRA merges in place instead of merging a copy, so exporting costs no second
+    set of weights (a run's peak memory would otherwise be set here, not in training).
     """
     import copy
 
@@ -137,5 +141,8 @@ def export(task: Task, loaded: Loaded, directory: Path) -> None:
     loaded.model.backbone.save_pretrained(directory / "adapter")
     merged = copy.copy(loaded.model)  # shallow: shares the head, replaces only the backbone attribute
     merged._modules = dict(loaded.model._modules)
-    merged.backbone = copy.deepcopy(loaded.model.backbone).merge_and_unload()
+    backbone = loaded.model.backbone if consume else copy.deepcopy(loaded.model.backbone)
+    merged.backbone = backbone.merge_and_unload()
     task.save(Loaded(merged, loaded.processor, loaded.meta), directory)
+    if consume:
+        loaded.model = merged  # what is left is the plain merged model, not a PEFT wrapper

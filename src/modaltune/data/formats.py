@@ -6,8 +6,11 @@ Accepted layouts:
 * split folder: ``root/train/``, ``root/val/`` (or ``valid/``, ``validation/``), ``root/test/``,
   each itself an image folder or a folder holding one ``.csv`` / ``.jsonl`` manifest;
 * manifest: ``.csv`` (header row required) or ``.jsonl`` (one JSON object per line) with columns
-  ``image`` or ``audio``, ``label``, ``text`` (``caption`` is accepted for ``text``); any other
-  column is kept in ``Row.extra``.
+  ``image`` or ``audio``, ``label``, ``text`` (``caption`` is accepted for ``text``), ``question``
+  and ``answer`` (one string) or ``answers`` (a JSON list of strings, or of ``{"answer": ...}``
+  objects as in the official VQA annotations); any other column is kept in ``Row.extra``;
+* COCO captions: a ``.json`` file with ``images`` (``id``, ``file_name``) and ``annotations``
+  (``image_id``, ``caption``): one row per caption.
 
 Problems that belong to a single row (bad JSON, a path leaving the data folder, a stray file)
 become `BadRow`s so the user sees all of them at once; problems with the whole input (not found,
@@ -27,7 +30,7 @@ from modaltune.data.rows import BadRow, Row
 from modaltune.errors import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-MANIFEST_EXTENSIONS = (".csv", ".jsonl")
+MANIFEST_EXTENSIONS = (".csv", ".jsonl", ".json")
 
 #: Canonical split name → folder names accepted for it (matched case-insensitively).
 SPLIT_ALIASES: dict[str, tuple[str, ...]] = {
@@ -41,11 +44,13 @@ _JUNK_NAMES = {"thumbs.db", "desktop.ini", "__macosx"}
 
 # Manifest column (lower-cased) → Row field. When both text and caption are present,
 # text wins and caption is kept in Row.extra (see _make_row).
-_COLUMN_FIELDS = {"image": "image", "audio": "audio", "label": "label", "text": "text", "caption": "text"}
+_COLUMN_FIELDS = {"image": "image", "audio": "audio", "label": "label", "text": "text", "caption": "text",
+                  "question": "question", "answer": "answers", "answers": "answers"}
 
 _ACCEPTED = (
     "Accepted: an image folder (root/<label>/*.jpg), a folder with train/ val/ test/ inside, "
-    "or a .csv / .jsonl manifest with columns image (or audio), label, text."
+    "a .csv / .jsonl manifest with columns image (or audio), label, text (or question, answer), "
+    "or a COCO captions .json."
 )
 
 
@@ -233,14 +238,14 @@ def _read_manifest(
 ) -> tuple[list[Row], list[BadRow], Path]:
     suffix = path.suffix.lower()
     if suffix not in MANIFEST_EXTENSIONS:
-        hint = ""
-        if suffix == ".json":
-            hint = " A .json file is not JSONL: write one JSON object per line and name it .jsonl."
-        raise DataError(f"Unsupported data file {path} (extension {suffix or 'none'!r}).{hint} {_ACCEPTED}")
+        raise DataError(f"Unsupported data file {path} (extension {suffix or 'none'!r}). {_ACCEPTED}")
     root = path.parent.resolve()
     name = f"{id_prefix}{path.name}"
     text = _read_text(path)
-    records = _csv_records(path, text, require) if suffix == ".csv" else _jsonl_records(text)
+    if suffix == ".json":
+        records = _coco_caption_records(path, text)
+    else:
+        records = _csv_records(path, text, require) if suffix == ".csv" else _jsonl_records(text)
 
     rows: list[Row] = []
     bad: list[BadRow] = []
@@ -261,7 +266,7 @@ def _read_manifest(
         raise DataError(f"{path} has no rows. Add one row per example with columns {', '.join(require)}.")
     # CSV columns were checked on the header. For JSONL, a column is present if any line has it; when
     # every line was broken, those bad rows are the message, not the columns.
-    if suffix == ".jsonl" and columns_seen:
+    if suffix != ".csv" and columns_seen:
         _check_columns(path, columns_seen, require)
     return rows, bad, root
 
@@ -337,6 +342,36 @@ def _jsonl_records(text: str) -> Iterator[tuple[int, dict[str, Any] | _LineError
         yield line_no, obj
 
 
+def _coco_caption_records(path: Path, text: str) -> Iterator[tuple[str, dict[str, Any] | _LineError]]:
+    """COCO captions json → one record per caption annotation, keyed ``ann<id>`` in row ids."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        hint = " (one JSON object per line is JSONL: name the file .jsonl)" if "Extra data" in exc.msg else ""
+        raise DataError(f"{path} is not valid JSON: {exc.msg} at line {exc.lineno}{hint}.") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
+            or not isinstance(data.get("annotations"), list):
+        raise DataError(
+            f"{path} is not a COCO captions file: it needs top-level 'images' and 'annotations' lists. "
+            f"For one JSON object per line, name the file .jsonl. {_ACCEPTED}")
+    files: dict[Any, Any] = {}
+    for image in data["images"]:
+        if isinstance(image, dict) and "id" in image:
+            files[image["id"]] = image.get("file_name")
+    for position, ann in enumerate(data["annotations"]):
+        key = f"ann{ann.get('id', position)}" if isinstance(ann, dict) else f"ann#{position}"
+        if not isinstance(ann, dict):
+            yield key, _LineError("bad_json", f"annotation {position} is not a JSON object")
+        elif "caption" not in ann:
+            yield key, _LineError("missing_field", f"annotation {position} has no 'caption' (not a captions file?)")
+        elif ann.get("image_id") not in files:
+            yield key, _LineError("missing_field", f"image_id {ann.get('image_id')!r} is not in 'images'")
+        elif not isinstance(files[ann["image_id"]], str):
+            yield key, _LineError("missing_field", f"image {ann['image_id']!r} has no 'file_name'")
+        else:
+            yield key, {"image": files[ann["image_id"]], "caption": ann["caption"], "image_id": ann["image_id"]}
+
+
 def _check_columns(path: Path, seen: set[str], require: tuple[str, ...]) -> None:
     present = {_COLUMN_FIELDS.get(c.strip().lower(), c) for c in seen}
     missing = [r for r in require if r not in present]
@@ -355,6 +390,8 @@ _ALLOWED_TYPES: dict[str, tuple[type, ...]] = {
     "audio": (str,),
     "label": (str, int, float, bool),
     "text": (str, int, float),
+    "question": (str,),
+    "answers": (str, int, float, list),
 }
 
 
@@ -391,7 +428,13 @@ def _make_row(row_id: str, record: dict[str, Any], root: Path) -> Row | BadRow:
             )
         media[field] = resolved
 
-    label, text = fields.get("label"), fields.get("text")
+    answers = None
+    if fields.get("answers") is not None:
+        answers = _answers(fields["answers"])
+        if isinstance(answers, str):
+            return BadRow(row_id, "bad_json", answers)
+
+    label, text, question = fields.get("label"), fields.get("text"), fields.get("question")
     return Row(
         id=row_id,
         image=media["image"],
@@ -399,8 +442,25 @@ def _make_row(row_id: str, record: dict[str, Any], root: Path) -> Row | BadRow:
         text=None if text is None else str(text),
         # Labels are class names: stray spaces would make "cat " a class of its own.
         label=None if label is None else str(label).strip(),
+        question=question,
+        answers=answers,
         extra=extra,
     )
+
+
+def _answers(value: Any) -> tuple[str, ...] | str:
+    """``answer``/``answers`` → a tuple of answer strings, or a message saying what is wrong."""
+    if not isinstance(value, list):
+        return (str(value),)  # a single answer (CSV cells are always single answers)
+    answers = []
+    for item in value:
+        if isinstance(item, dict) and "answer" in item:  # the official VQA annotation layout
+            item = item["answer"]
+        if not isinstance(item, (str, int, float)) or isinstance(item, bool):
+            return ("'answers' must be a list of strings (or of {\"answer\": ...} objects), "
+                    f"got an item of type {type(item).__name__}")
+        answers.append(str(item))
+    return tuple(answers)
 
 
 def _type_words(field: str) -> str:
@@ -408,6 +468,7 @@ def _type_words(field: str) -> str:
         "image": "relative path string",
         "audio": "relative path string",
         "label": "string or number",
+        "answers": "string or list of strings",
     }.get(field, "string")
 
 

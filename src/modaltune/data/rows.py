@@ -16,6 +16,9 @@ class Row:
     audio: Path | None = None
     text: str | None = None
     label: str | None = None
+    #: Visual question answering: the question and every annotator's answer (one or more).
+    question: str | None = None
+    answers: tuple[str, ...] | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
 

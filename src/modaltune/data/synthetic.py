@@ -369,6 +369,83 @@ def write_caption_corpus(
     return manifest
 
 
+#: Question templates of the VQA world: (question, the scene attribute that answers it).
+VQA_QUESTIONS: tuple[tuple[str, str], ...] = (
+    ("what colour is the {shape}?", "colour"),
+    ("what shape is this?", "shape"),
+    ("what colour is the background?", "background"),
+    ("is the {shape} {size_word}?", "size_word"),
+)
+
+
+def vqa_texts() -> list[str]:
+    """Every question and answer word of the VQA world (for a tokenizer)."""
+    rng = np.random.default_rng(1)
+    texts = []
+    for _ in range(200):
+        scene = sample_scene(rng, styles=STYLES)
+        for question, attribute in VQA_QUESTIONS:
+            texts.append(f"{question.format(**scene.__dict__)} {getattr(scene, attribute)} yes no")
+    return texts
+
+
+def write_vqa_corpus(
+    out_dir: Path, n: int, seed: int, *, image_size: int = 64, styles: Sequence[str] = ("plain",),
+    annotators: int = 3, noise: float = 0.1,
+) -> Path:
+    """Write `images/NNNNN.png` and `vqa.jsonl`: one question per image with ``annotators`` answers, a
+    ``noise`` share of them a wrong but plausible answer (as real annotators disagree)."""
+    out_dir = Path(out_dir)
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    choices = {"colour": list(COLOURS), "shape": list(SHAPES), "background": list(BACKGROUNDS)}
+    lines = []
+    for i, (scene, image, _text) in enumerate(scene_corpus(n, seed, image_size=image_size, styles=styles)):
+        rel = f"images/{i:05d}.png"
+        _save_png(image, out_dir / rel)
+        question, attribute = VQA_QUESTIONS[int(rng.integers(len(VQA_QUESTIONS)))]
+        if attribute == "size_word":
+            asked = _pick(rng, SIZES)
+            question, truth = question.format(shape=scene.shape, size_word=asked), \
+                ("yes" if asked == scene.size_word else "no")
+            wrong = "no" if truth == "yes" else "yes"
+        else:
+            question, truth = question.format(shape=scene.shape), getattr(scene, attribute)
+            wrong = _pick(rng, [c for c in choices[attribute] if c != truth])
+        answers = [wrong if rng.random() < noise else truth for _ in range(annotators)]
+        lines.append(json.dumps({"image": rel, "question": question, "answers": answers}))
+    manifest = out_dir / "vqa.jsonl"
+    manifest.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return manifest
+
+
+def write_multi_caption_corpus(
+    out_dir: Path, n: int, seed: int, *, captions: int = 3, image_size: int = 64,
+    styles: Sequence[str] = ("plain",), coco: bool = False,
+) -> Path:
+    """``captions`` different captions per image: `captions.jsonl` (one line per caption), or with
+    ``coco`` a COCO captions `captions.json`."""
+    out_dir = Path(out_dir)
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed + 7)
+    images, annotations, lines = [], [], []
+    for i, (scene, image, _text) in enumerate(scene_corpus(n, seed, image_size=image_size, styles=styles)):
+        rel = f"images/{i:05d}.png"
+        _save_png(image, out_dir / rel)
+        images.append({"id": i, "file_name": rel, "width": image_size, "height": image_size})
+        for k in range(captions):
+            text = caption(scene, rng)
+            annotations.append({"id": i * captions + k, "image_id": i, "caption": text})
+            lines.append(json.dumps({"image": rel, "text": text}))
+    if coco:
+        manifest = out_dir / "captions.json"
+        manifest.write_text(json.dumps({"images": images, "annotations": annotations}), encoding="utf-8")
+    else:
+        manifest = out_dir / "captions.jsonl"
+        manifest.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return manifest
+
+
 def _stream(seed: int, *keys: str) -> np.random.Generator:
     """An independent generator per (seed, keys): crc32 is stable across processes, unlike hash()."""
     return np.random.default_rng([seed, *(zlib.crc32(k.encode()) for k in keys)])

@@ -29,6 +29,9 @@ REASONS: dict[str, str] = {
     "empty_label": "the label is empty or only whitespace",
     "unknown_label": "the label is not one of the known classes",
     "empty_text": "the text is empty or only whitespace",
+    "empty_caption": "the caption is empty or only whitespace",
+    "empty_question": "the question is empty or only whitespace",
+    "empty_answer": "no answer is given, or an answer is empty or only whitespace",
     "image_too_large": "the image has more pixels than the allowed maximum",
     "bad_json": "the line is not a JSON object, or a value has the wrong JSON type",
     "bad_csv": "the CSV line has more cells than the header has columns",
@@ -45,16 +48,19 @@ def validate_rows(
     require: tuple[str, ...],
     known_labels: set[str] | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    field_names: dict[str, str] | None = None,
 ) -> tuple[list[Row], list[BadRow]]:
     """Split ``rows`` into usable rows and `BadRow`s (one per row: the first problem found).
 
     Cheap checks run first so a row with an empty label is not decoded. Every image is fully
     decoded once here, so a corrupt file is found before training rather than in epoch 3.
+    ``field_names`` renames fields for the task's messages and reason codes (captioning calls its
+    ``text`` a caption: an empty one is ``empty_caption``).
     """
     good: list[Row] = []
     bad: list[BadRow] = []
     for row in rows:
-        problem = _check_row(row, require, known_labels, max_pixels)
+        problem = _check_row(row, require, known_labels, max_pixels, field_names or {})
         if problem is None:
             good.append(row)
         else:
@@ -62,16 +68,26 @@ def validate_rows(
     return good, bad
 
 
+_EMPTY_REASONS = {"label": "empty_label", "text": "empty_text", "caption": "empty_caption",
+                  "question": "empty_question", "answers": "empty_answer"}
+
+
 def _check_row(
-    row: Row, require: tuple[str, ...], known_labels: set[str] | None, max_pixels: int
+    row: Row, require: tuple[str, ...], known_labels: set[str] | None, max_pixels: int, names: dict[str, str]
 ) -> BadRow | None:
     for name in require:
         value = getattr(row, name) if name in _ROW_FIELDS else row.extra.get(name)
+        shown = names.get(name, name)
         if value is None:
-            return BadRow(row.id, "missing_field", f"no {name!r} value; this task needs {', '.join(require)}")
-        if isinstance(value, str) and not value.strip():
-            reason = {"label": "empty_label", "text": "empty_text"}.get(name, "missing_field")
-            return BadRow(row.id, reason, f"{name!r} is empty")
+            wanted = ", ".join(names.get(n, n) for n in require)
+            hint = " (column answer or answers)" if name == "answers" else ""
+            return BadRow(row.id, "missing_field", f"no {shown!r} value{hint}; this task needs {wanted}")
+        empty = not value.strip() if isinstance(value, str) else (
+            isinstance(value, tuple) and (not value or any(not str(v).strip() for v in value)))
+        if empty:
+            reason = _EMPTY_REASONS.get(shown, _EMPTY_REASONS.get(name, "missing_field"))
+            what = "no answer is given" if name == "answers" and not value else f"{shown!r} is empty"
+            return BadRow(row.id, reason, what)
     if known_labels is not None and row.label is not None and row.label not in known_labels:
         known = ", ".join(sorted(known_labels)[:10]) + (", …" if len(known_labels) > 10 else "")
         return BadRow(
@@ -138,6 +154,7 @@ def load_dataset(
     known_labels: set[str] | None = None,
     skip_bad: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    field_names: dict[str, str] | None = None,
 ) -> tuple[list[Row], DataReport]:
     """Read and validate ``path``: the usable rows and a `DataReport`.
 
@@ -145,7 +162,8 @@ def load_dataset(
     left out and listed in the report. No usable rows at all is an error either way.
     """
     rows, format_bad, _root = read_rows(path, split=split, require=require)
-    good, media_bad = validate_rows(rows, require=require, known_labels=known_labels, max_pixels=max_pixels)
+    good, media_bad = validate_rows(rows, require=require, known_labels=known_labels, max_pixels=max_pixels,
+                                    field_names=field_names)
     # Back in file order (format-level problems were found in an earlier pass than media ones).
     bad = sorted(format_bad + media_bad, key=lambda b: _natural_key(b.id))
     source = str(Path(path)) + (f" (split {split})" if split else "")

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from modaltune.data.rows import Row
-from modaltune.errors import ConfigError
+from modaltune.errors import ConfigError, ModaltuneError
 
 META_FILE = "modaltune.json"
 
@@ -92,9 +92,15 @@ class Task(Protocol):
     def chance(cls, rows: list[Row]) -> float:
         """The primary metric a model that knows nothing scores on ``rows``."""
 
-    # Optional: ``cache_split(loaded, strategy, layers) -> feature_cache.CacheSplit | None`` cuts the
-    # model at the frozen/trainable boundary so the trainer can cache the frozen part's outputs.
-    # Tasks without it (or returning None) always train through the whole model.
+    # Optional members:
+    # * ``cache_split(loaded, strategy, layers) -> feature_cache.CacheSplit | None`` cuts the model at
+    #   the frozen/trainable boundary so the trainer can cache the frozen part's outputs. Tasks
+    #   without it (or returning None) always train through the whole model.
+    # * ``options_from_rows(train_rows) -> dict`` (classmethod): constructor options learnt from the
+    #   training data (VQA's answer vocabulary).
+    # * ``eval_rows(rows) -> rows``: merge rows before scoring (captioning: one row per image).
+    # * ``lora_modules_to_save(loaded) -> list[str]``: modules trained in full beside LoRA adapters.
+    # * ``field_names``: user-facing names of row fields in messages and reason codes.
 
 
 _REGISTRY: dict[str, Callable[..., Task]] = {}
@@ -139,7 +145,17 @@ def create_task(name: str, **options: Any) -> Task:
 
 def _import_builtin_tasks() -> None:
     # Imported lazily so that `import modaltune` stays cheap and heavy families load only when used.
-    from modaltune.tasks import clip  # noqa: F401
+    from modaltune.tasks import caption, clip, vqa  # noqa: F401
+
+
+def load_error(source: str | Path, exc: Exception) -> ModaltuneError:
+    """The error for a model that cannot be loaded, with what to check."""
+    hint = (
+        "a local directory must hold config.json, the weights and the processor files"
+        if Path(source).exists()
+        else "a hub name needs network access (HF_HUB_OFFLINE must not be set) or a cached copy"
+    )
+    return ModaltuneError(f"could not load model {str(source)!r}: {exc}\nHint: {hint}.")
 
 
 def read_meta(directory: Path) -> dict[str, Any] | None:

@@ -13,7 +13,7 @@ from torch import nn
 
 from modaltune.data.rows import Row
 from modaltune.errors import ConfigError, ModaltuneError
-from modaltune.tasks.base import META_FILE, Loaded, read_meta, register
+from modaltune.tasks.base import META_FILE, Loaded, load_error, read_meta, register
 
 HEAD_FILE = "classifier.safetensors"
 DEFAULT_PROMPT = "a photo of a {}."
@@ -39,12 +39,7 @@ def load_backbone(source: str | Path, *, scratch: bool, trust_remote_code: bool)
         else:
             model = AutoModel.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as exc:
-        hint = (
-            "a local directory must hold config.json, the weights and the processor files"
-            if Path(source).exists()
-            else "a hub name needs network access (HF_HUB_OFFLINE must not be set) or a cached copy"
-        )
-        raise ModaltuneError(f"could not load model {source!r}: {exc}\nHint: {hint}.") from exc
+        raise load_error(source, exc) from exc
     for needed in ("get_image_features", "get_text_features", "vision_model"):
         if not hasattr(model, needed):
             raise ConfigError(

@@ -1,0 +1,165 @@
+"""Image captioning with image-to-text generators (BLIP, GIT and other `AutoModelForImageTextToText`
+models whose processor takes images and text): teacher-forced training, beam-search generation,
+BLEU / CIDEr / ROUGE-L."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from modaltune.data.rows import Row
+from modaltune.errors import ConfigError
+from modaltune.tasks import vl
+from modaltune.tasks.base import Loaded, read_meta, register
+
+DEFAULT_MAX_NEW_TOKENS = 30
+MAX_TEXT_TOKENS = 64
+
+
+class VisionLanguageModel(nn.Module):
+    """The Hugging Face model as ``.backbone`` (every task model has one)."""
+
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+
+
+def generation_options(task: Any, saved: dict[str, Any] | None) -> None:
+    """Settings given to the task win; else those the model was trained with; else the defaults."""
+    saved = (saved or {}).get("generation", {})
+    if task.num_beams is None:
+        task.num_beams = int(saved.get("num_beams", 1))
+    if task.max_new_tokens is None:
+        task.max_new_tokens = int(saved.get("max_new_tokens", task.default_max_new_tokens))
+
+
+def check_generation(num_beams: int | None, max_new_tokens: int | None) -> None:
+    if num_beams is not None and num_beams < 1:
+        raise ConfigError(f"--num-beams must be at least 1, got {num_beams}")
+    if max_new_tokens is not None and max_new_tokens < 1:
+        raise ConfigError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
+
+
+@register("caption")
+class CaptionTask(vl.StackedBlocksTask):
+    family = "caption"
+    required = ("image", "text")
+    field_names = {"text": "caption"}
+    primary_metric = "cider"
+    uses_labels = False
+    feature_output = "image_embeds"
+    auto_classes = ("AutoModelForImageTextToText",)
+    default_max_new_tokens = DEFAULT_MAX_NEW_TOKENS
+
+    def __init__(self, num_beams: int | None = None, max_new_tokens: int | None = None, **options: Any) -> None:
+        check_generation(num_beams, max_new_tokens)
+        self.num_beams = num_beams
+        self.max_new_tokens = max_new_tokens
+        self.options = options
+
+    # ---- model -------------------------------------------------------------------------------
+
+    def load(self, source: str | Path, *, scratch: bool = False, trust_remote_code: bool = False) -> Loaded:
+        backbone, processor = vl.load_pretrained(source, self.auto_classes, scratch=scratch,
+                                                 trust_remote_code=trust_remote_code, task=self.name)
+        if not backbone.can_generate():
+            raise ConfigError(f"model {source!r} ({type(backbone).__name__}) cannot generate text; "
+                              "captioning needs an image-to-text generator such as BLIP or GIT")
+        generation_options(self, read_meta(Path(source)) if Path(source).is_dir() else None)
+        return Loaded(model=VisionLanguageModel(backbone), processor=processor)
+
+    def attach(self, other: Loaded) -> Loaded:
+        generation_options(self, None)
+        return Loaded(model=other.model, processor=other.processor, meta=dict(other.meta))
+
+    def save(self, loaded: Loaded, directory: Path) -> None:
+        self.save_with_meta(loaded, directory, {})
+
+    # ---- data --------------------------------------------------------------------------------
+
+    def collate(self, loaded: Loaded, items: list[tuple[Row, Any]]) -> dict[str, torch.Tensor]:
+        processor = loaded.processor
+        batch = {"pixel_values": processor.image_processor(images=[img for _, img in items],
+                                                           return_tensors="pt")["pixel_values"]}
+        texts = [row.text for row, _ in items]
+        if all(texts):
+            tokens = vl.special_tokens(loaded.model.backbone, processor.tokenizer)
+            targets = [ids + [tokens.eos] for ids in vl.text_ids(processor.tokenizer, texts, MAX_TEXT_TOKENS)]
+            batch.update(vl.prefix_lm_batch([[tokens.bos]] * len(items), targets, tokens))
+        return batch
+
+    def eval_rows(self, rows: list[Row]) -> list[Row]:
+        """One row per image, its captions as references (COCO gives five per image)."""
+        grouped: OrderedDict[Any, list[Row]] = OrderedDict()
+        for row in rows:
+            grouped.setdefault(row.image, []).append(row)
+        return [Row(id=group[0].id, image=group[0].image, text=group[0].text,
+                    extra={**group[0].extra, "references": _references(group)}) for group in grouped.values()]
+
+    # ---- training and inference --------------------------------------------------------------
+
+    def loss(self, loaded: Loaded, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        inputs = {k: batch[k] for k in ("pixel_values", "input_ids", "attention_mask", "labels")}
+        return loaded.model.backbone(**inputs).loss
+
+    def outputs(self, loaded: Loaded, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        backbone = loaded.model.backbone
+        pixel_values = batch["pixel_values"]
+        tokens = vl.special_tokens(backbone, loaded.processor.tokenizer)
+        n = pixel_values.shape[0]
+        kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "num_beams": self.num_beams,
+                                  "do_sample": False}
+        if vl.unwrap(backbone).config.model_type != "blip":
+            # BLIP starts its decoder itself; others continue the start token given as a prompt.
+            kwargs["input_ids"] = torch.full((n, 1), tokens.bos, dtype=torch.long, device=pixel_values.device)
+        generated = backbone.generate(pixel_values=pixel_values, **kwargs)
+        # Both layouts return the start token first: the caption is what follows it.
+        sequences = [seq[1:] for seq in generated]
+        return {"generated": vl.pad_generated(sequences, self.max_new_tokens + 1),
+                "image_embeds": vl.image_embedding(backbone, pixel_values)}
+
+    def captions(self, loaded: Loaded, outputs: dict[str, torch.Tensor]) -> list[str]:
+        tokens = vl.special_tokens(loaded.model.backbone, loaded.processor.tokenizer)
+        return vl.decode(loaded.processor.tokenizer, outputs["generated"], tokens)
+
+    def evaluate(self, loaded: Loaded, outputs: dict[str, torch.Tensor], rows: list[Row]) -> dict[str, Any]:
+        from modaltune.metrics import caption_metrics
+
+        captions = self.captions(loaded, outputs)
+        predictions: dict[str, str] = {}
+        references: dict[str, list[str]] = {}
+        for row, caption in zip(rows, captions):
+            key = str(row.image)
+            predictions.setdefault(key, caption)  # an image is captioned once, whatever its rows
+            references.setdefault(key, [])
+            references[key] += [r for r in _references([row]) if r not in references[key]]
+        metrics = caption_metrics(predictions, references)
+        metrics["samples"] = [{"id": row.id, "image": str(row.image), "prediction": caption,
+                               "references": references[str(row.image)]}
+                              for row, caption in list(zip(rows, captions))[:8]]
+        return metrics
+
+    def predict(self, loaded: Loaded, outputs: dict[str, torch.Tensor], rows: list[Row]) -> list[dict]:
+        return [{"input": row.id, "caption": caption} for row, caption in zip(rows, self.captions(loaded, outputs))]
+
+    @classmethod
+    def chance(cls, rows: list[Row]) -> float:
+        return 0.0  # a model that knows nothing shares no n-grams with the references
+
+    # ---- strategies --------------------------------------------------------------------------
+
+    def probe_parameters(self, loaded: Loaded) -> list[str]:
+        return vl.output_head_prefixes(loaded.model.backbone)
+
+
+def _references(rows: list[Row]) -> list[str]:
+    refs: list[str] = []
+    for row in rows:
+        for text in [*row.extra.get("references", []), row.text]:
+            if text and text not in refs:
+                refs.append(text)
+    return refs

@@ -1,0 +1,247 @@
+"""Plumbing shared by the vision-language families (`vqa`, `caption`): loading through the Auto
+classes, finding each encoder/decoder stack for ``last-n``, the parameter groups every strategy
+needs, token layouts for teacher forcing, and generation.
+
+Everything here reads the model's structure instead of naming architectures, so a new
+image-text checkpoint of the same shape works without a code change; where an architecture needs
+its own recipe (BLIP's question-encoder/answer-decoder VQA) the task says so explicitly.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from modaltune.errors import ConfigError, ModaltuneError
+from modaltune.tasks.base import META_FILE, load_error
+
+#: Names of the ModuleLists that hold a stack's transformer blocks (CLIP/BLIP "layers", BERT/ViLT
+#: "layer", GPT-2 "h", timm-style "blocks").
+STACK_NAMES = ("layers", "layer", "h", "blocks")
+#: Attention projections LoRA wraps: separate q/k/v (+ output) projections in either naming
+#: scheme, fused qkv (BLIP's vision tower) and its output projection.
+LORA_PATTERN = (r".*\.(query|key|value|q_proj|k_proj|v_proj|out_proj|o_proj|qkv|"
+                r"self_attn\.projection|attention\.output\.dense|crossattention\.output\.dense)$")
+#: Parameters below the first block of a stack: frozen by last-n, like CLIP's embeddings.
+_BELOW_BLOCKS = ("embed", "pre_layrnorm", "pre_layernorm")
+
+
+def unwrap(backbone: nn.Module) -> nn.Module:
+    get_base = getattr(backbone, "get_base_model", None)
+    return get_base() if callable(get_base) else backbone
+
+
+def load_pretrained(source: str | Path, auto_classes: tuple[str, ...], *, scratch: bool, trust_remote_code: bool,
+                    task: str) -> tuple[nn.Module, Any]:
+    """Model + processor through the first Auto class that knows the checkpoint's architecture."""
+    import transformers
+    from transformers import AutoConfig, AutoProcessor
+
+    source = str(source)
+    kwargs = {"trust_remote_code": trust_remote_code}
+    try:
+        processor = AutoProcessor.from_pretrained(source, **kwargs)
+        config = AutoConfig.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise load_error(source, exc) from exc
+    errors = []
+    for name in auto_classes:
+        auto = getattr(transformers, name)
+        try:
+            if scratch:
+                # Only the architecture is read: the pretrained weights are never opened.
+                return auto.from_config(config, **kwargs), processor
+            return auto.from_pretrained(source, **kwargs), processor
+        except ValueError as exc:  # "Unrecognized configuration class ... for this kind of AutoModel"
+            errors.append(f"{name}: {str(exc).splitlines()[0]}")
+        except OSError as exc:
+            raise ModaltuneError(f"could not load model {source!r}: {exc}") from exc
+    raise ConfigError(
+        f"model {source!r} (model_type {config.model_type!r}) cannot do task {task}: none of "
+        f"{', '.join(auto_classes)} supports it.\n  " + "\n  ".join(errors)
+    )
+
+
+def stacks(model: nn.Module) -> dict[str, list[nn.Module]]:
+    """Every block stack (outermost ModuleLists named like ``layers``), by their dotted path."""
+    found: dict[str, list[nn.Module]] = {}
+    for name, module in unwrap(model).named_modules():
+        if not isinstance(module, nn.ModuleList) or name.rsplit(".", 1)[-1] not in STACK_NAMES or not len(module):
+            continue
+        if any(name.startswith(prefix + ".") for prefix in found):
+            continue  # a list inside a block (e.g. an MLP's layers) is not a stack of its own
+        found[name] = list(module)
+    if not found:
+        raise ConfigError(f"found no transformer block stack in {type(unwrap(model)).__name__}; "
+                          "last-n needs one (use full, lora or linear-probe)")
+    return found
+
+
+def top_parameter_names(backbone: nn.Module, prefix: str = "backbone.") -> list[str]:
+    """Parameters neither in a block nor below the blocks: heads, poolers, projections, final norms."""
+    stack_prefixes = tuple(name + "." for name in stacks(backbone))
+    names = []
+    for name, _ in unwrap(backbone).named_parameters():
+        if name.startswith(stack_prefixes) or any(part in name for part in _BELOW_BLOCKS):
+            continue
+        names.append(prefix + name)
+    return names
+
+
+def output_head_prefixes(backbone: nn.Module, prefix: str = "backbone.") -> list[str]:
+    """The language-model head: the module holding the output embeddings and its siblings (BLIP's
+    prediction transform). A weight tied to the input embeddings is listed under the embeddings by
+    ``named_parameters`` and so stays frozen: the probe trains the head on top of frozen features."""
+    model = unwrap(backbone)
+    head = None
+    # The model itself, or the decoder inside it (BlipForQuestionAnswering keeps its head there).
+    for module in model.modules():
+        get = getattr(module, "get_output_embeddings", None)
+        head = get() if callable(get) else None
+        if head is not None:
+            break
+    if head is None:
+        raise ConfigError(f"{type(model).__name__} has no output head to probe")
+    for name, module in model.named_modules():
+        if module is head:
+            parent = name.rsplit(".", 1)[0] if "." in name else name
+            # BLIP's cls.predictions.decoder -> cls.predictions (transform + bias); GIT's output -> output.
+            return [f"{prefix}{parent}."]
+    raise ConfigError(f"could not locate the output head of {type(model).__name__}")
+
+
+class StackedBlocksTask:
+    """Strategy plumbing shared by the vision-language tasks: ``last-n`` trains the last blocks of
+    every stack the model has, ``full`` everything, LoRA wraps the attention projections."""
+
+    def blocks(self, loaded: Any) -> dict[str, list[nn.Module]]:
+        return stacks(loaded.model.backbone)
+
+    def top_parameters(self, loaded: Any) -> list[str]:
+        return top_parameter_names(loaded.model.backbone)
+
+    def used_parameters(self, loaded: Any) -> list[str]:
+        return ["backbone."]
+
+    def lora_targets(self, loaded: Any) -> str:
+        return LORA_PATTERN
+
+    def save_with_meta(self, loaded: Any, directory: Path, meta: dict[str, Any]) -> None:
+        """model/ as plain transformers saves it, plus the task and its generation settings."""
+        directory.mkdir(parents=True, exist_ok=True)
+        loaded.model.backbone.save_pretrained(directory)
+        loaded.processor.save_pretrained(directory)
+        generation = {name: getattr(self, name, None) for name in ("num_beams", "max_new_tokens")}
+        write_meta(directory, {"task": self.name, **meta, "generation": generation})
+
+
+def image_embedding(model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+    """One vector per image from the vision tower (mean of its last hidden states): what the domain-
+    shift measurement compares."""
+    model = unwrap(model)
+    for path in ("vision_model", "git.image_encoder", "vision_tower", "vision_encoder"):
+        tower = model
+        for part in path.split("."):
+            tower = getattr(tower, part, None)
+        if tower is not None:
+            out = tower(pixel_values=pixel_values)
+            hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+            return hidden.float().mean(dim=1)
+    raise ConfigError(f"{type(model).__name__}: no vision tower found for image embeddings")
+
+
+def text_config(model: nn.Module) -> Any:
+    config = unwrap(model).config
+    return getattr(config, "text_config", None) or config
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """The ids a teacher-forced layout needs: the start token, the end token and padding."""
+
+    bos: int
+    eos: int
+    pad: int
+
+
+def special_tokens(model: nn.Module, tokenizer: Any) -> Tokens:
+    """BLIP starts its decoder at ``bos`` and stops at ``[SEP]``; other models say it in their
+    generation config or tokenizer."""
+    model = unwrap(model)
+    text = text_config(model)
+    if model.config.model_type == "blip":
+        return Tokens(text.bos_token_id, text.sep_token_id, text.pad_token_id)
+    gen = getattr(model, "generation_config", None)
+
+    def first(*values: Any) -> int | None:
+        for v in values:
+            if isinstance(v, (list, tuple)):
+                v = v[0] if v else None
+            if v is not None:
+                return int(v)
+        return None
+
+    bos = first(getattr(gen, "bos_token_id", None), getattr(gen, "decoder_start_token_id", None),
+                tokenizer.bos_token_id, tokenizer.cls_token_id)
+    eos = first(getattr(gen, "eos_token_id", None), tokenizer.eos_token_id, tokenizer.sep_token_id)
+    pad = first(tokenizer.pad_token_id, getattr(gen, "pad_token_id", None), eos)
+    if bos is None or eos is None:
+        raise ConfigError(f"{type(model).__name__}: cannot tell its start/end tokens for generation")
+    return Tokens(bos, eos, pad)
+
+
+def text_ids(tokenizer: Any, texts: list[str], max_length: int) -> list[list[int]]:
+    return [tokenizer(t, add_special_tokens=False, truncation=True, max_length=max_length)["input_ids"]
+            for t in texts]
+
+
+def prefix_lm_batch(prompts: list[list[int]], targets: list[list[int]] | None,
+                    tokens: Tokens) -> dict[str, torch.Tensor]:
+    """``prompt + target`` right-padded, with labels only on the target (the models shift them)."""
+    seqs = [p + (t if targets is not None else []) for p, t in zip(prompts, targets or [[]] * len(prompts))]
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), tokens.pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    labels = torch.full((len(seqs), width), -100, dtype=torch.long)
+    for i, seq in enumerate(seqs):
+        ids[i, :len(seq)] = torch.tensor(seq)
+        mask[i, :len(seq)] = 1
+        if targets is not None:
+            start = len(prompts[i])
+            labels[i, start:len(seq)] = torch.tensor(seq[start:])
+    batch = {"input_ids": ids, "attention_mask": mask}
+    if targets is not None:
+        batch["labels"] = labels
+    return batch
+
+
+def pad_generated(sequences: list[torch.Tensor], width: int) -> torch.Tensor:
+    """Generated ids of one batch as a fixed-width tensor (-1 = nothing), so batches concatenate."""
+    out = torch.full((len(sequences), width), -1, dtype=torch.long)
+    for i, seq in enumerate(sequences):
+        seq = seq[:width]
+        out[i, :len(seq)] = seq
+    return out
+
+
+def decode(tokenizer: Any, generated: torch.Tensor, tokens: Tokens) -> list[str]:
+    """Text of each fixed-width row, stopping at the end token and skipping special tokens."""
+    texts = []
+    for row in generated.long().tolist():
+        ids = []
+        for t in row:
+            if t < 0 or t == tokens.eos:
+                break
+            if t not in (tokens.bos, tokens.pad):
+                ids.append(t)
+        texts.append(tokenizer.decode(ids, skip_special_tokens=True).strip())
+    return texts
+
+
+def write_meta(directory: Path, meta: dict[str, Any]) -> None:
+    (directory / META_FILE).write_text(json.dumps({"format": 1, **meta}, indent=2) + "\n")

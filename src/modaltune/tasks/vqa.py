@@ -1,0 +1,270 @@
+"""Visual question answering, two ways, behind one task:
+
+* **classifier** (ViLT, ``ViltForQuestionAnswering``): answers are labels. The vocabulary is the
+  model's own answers plus every (normalised) answer of the training data; new answers get new
+  rows in the classifier's last layer, so the base model's answers keep working. Several annotator
+  answers become soft targets (VQA's min(count / 3, 1)); an evaluation answer outside the
+  vocabulary cannot be predicted, and ``unknown_answer_rate`` says how often that happens.
+* **generative** (BLIP VQA: question encoder + answer decoder; or any image-text-to-text model that
+  continues a prompt, e.g. GIT): the answer is generated text; training is teacher-forced on the
+  most common annotator answer.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from modaltune.data.rows import Row
+from modaltune.errors import ConfigError
+from modaltune.tasks import vl
+from modaltune.tasks.base import Loaded, read_meta, register
+from modaltune.tasks.caption import VisionLanguageModel, check_generation, generation_options
+
+MAX_QUESTION_TOKENS = 40
+MAX_ANSWER_TOKENS = 16
+
+
+def _normalize(answer: str) -> str:
+    from modaltune.metrics import normalize_vqa_answer
+
+    return normalize_vqa_answer(answer)
+
+
+def majority_answer(answers: tuple[str, ...] | list[str]) -> str:
+    """The most common annotator answer (after normalisation; the first such as written)."""
+    counts = Counter(_normalize(a) for a in answers)
+    top = max(counts.values())
+    return next(a for a in answers if counts[_normalize(a)] == top)
+
+
+def soft_scores(answers: tuple[str, ...] | list[str]) -> dict[str, float]:
+    """VQA soft target per normalised answer: min(count / min(3, #answers), 1) — the metric's rule."""
+    counts = Counter(_normalize(a) for a in answers)
+    need = min(3, len(answers))
+    return {a: min(c / need, 1.0) for a, c in counts.items()}
+
+
+@register("vqa")
+class VqaTask(vl.StackedBlocksTask):
+    family = "vqa"
+    required = ("image", "question", "answers")
+    primary_metric = "vqa_accuracy"
+    uses_labels = False
+    feature_output = "image_embeds"
+    auto_classes = ("AutoModelForVisualQuestionAnswering", "AutoModelForImageTextToText")
+    default_max_new_tokens = 10
+
+    def __init__(self, train_answers: list[str] | None = None, num_beams: int | None = None,
+                 max_new_tokens: int | None = None, **options: Any) -> None:
+        check_generation(num_beams, max_new_tokens)
+        #: Normalised answers of the training data, merged into a classifier's vocabulary.
+        self.train_answers = list(train_answers) if train_answers else []
+        self.num_beams = num_beams
+        self.max_new_tokens = max_new_tokens
+        self.options = options
+        self.mode: str | None = None  # "classifier" | "blip" | "prefix-lm", known once a model is loaded
+        self.answers: list[str] | None = None  # classifier vocabulary, id order
+
+    @classmethod
+    def options_from_rows(cls, rows: list[Row]) -> dict[str, Any]:
+        return {"train_answers": sorted({_normalize(a) for row in rows for a in row.answers or ()})}
+
+    # ---- model -------------------------------------------------------------------------------
+
+    def load(self, source: str | Path, *, scratch: bool = False, trust_remote_code: bool = False) -> Loaded:
+        backbone, processor = vl.load_pretrained(source, self.auto_classes, scratch=scratch,
+                                                 trust_remote_code=trust_remote_code, task=self.name)
+        model = vl.unwrap(backbone)
+        if hasattr(model, "classifier") and not model.can_generate():
+            self.mode = "classifier"
+            self._merge_vocabulary(model)
+        elif model.config.model_type == "blip" and hasattr(model, "text_encoder"):
+            self.mode = "blip"
+        elif model.can_generate():
+            self.mode = "prefix-lm"
+        else:
+            raise ConfigError(f"model {source!r} ({type(model).__name__}) neither classifies answers nor "
+                              "generates text; vqa supports ViLT-style classifiers and image-text generators")
+        generation_options(self, read_meta(Path(source)) if Path(source).is_dir() else None)
+        return Loaded(model=VisionLanguageModel(backbone), processor=processor, meta=self._meta())
+
+    def _meta(self) -> dict[str, Any]:
+        return {"mode": self.mode, "answers": self.answers}
+
+    @torch.no_grad()
+    def _merge_vocabulary(self, model: nn.Module) -> None:
+        """The model's answers, then the training answers it lacks, as new rows of the last layer."""
+        labels = [model.config.id2label[i] for i in range(len(model.config.id2label))]
+        known = {_normalize(label) for label in labels}
+        new = [a for a in self.train_answers if a not in known]
+        self.answers = labels + new
+        if not new:
+            return
+        last = model.classifier[-1] if isinstance(model.classifier, nn.Sequential) else model.classifier
+        if not isinstance(last, nn.Linear):
+            raise ConfigError(f"{type(model).__name__}: the answer classifier does not end in a linear layer, "
+                              "so new answers cannot be added")
+        grown = nn.Linear(last.in_features, len(self.answers), device=last.weight.device, dtype=last.weight.dtype)
+        std = getattr(model.config, "initializer_range", 0.02)
+        grown.weight.normal_(0.0, std)
+        grown.weight[: last.out_features] = last.weight
+        # New answers start as likely as the average known one, not at sigmoid(0) = 0.5 above all of them.
+        grown.bias.fill_(float(last.bias.mean()))
+        grown.bias[: last.out_features] = last.bias
+        if isinstance(model.classifier, nn.Sequential):
+            model.classifier[-1] = grown
+        else:
+            model.classifier = grown
+        model.config.id2label = dict(enumerate(self.answers))
+        model.config.label2id = {a: i for i, a in enumerate(self.answers)}
+        model.config.num_labels = len(self.answers)
+
+    def attach(self, other: Loaded) -> Loaded:
+        self.mode, self.answers = other.meta.get("mode"), other.meta.get("answers")
+        generation_options(self, None)
+        return Loaded(model=other.model, processor=other.processor, meta=dict(other.meta))
+
+    def save(self, loaded: Loaded, directory: Path) -> None:
+        self.save_with_meta(loaded, directory, {"mode": self.mode})
+
+    # ---- data --------------------------------------------------------------------------------
+
+    def collate(self, loaded: Loaded, items: list[tuple[Row, Any]]) -> dict[str, torch.Tensor]:
+        processor = loaded.processor
+        images = [img for _, img in items]
+        questions = [row.question or "" for row, _ in items]
+        answers = [row.answers for row, _ in items]
+        labelled = all(answers)
+        if self.mode == "prefix-lm":
+            tokens = vl.special_tokens(loaded.model.backbone, processor.tokenizer)
+            prompts = [[tokens.bos] + ids for ids in vl.text_ids(processor.tokenizer, questions, MAX_QUESTION_TOKENS)]
+            targets = None
+            if labelled:
+                targets = [ids + [tokens.eos] for ids in vl.text_ids(
+                    processor.tokenizer, [majority_answer(a) for a in answers], MAX_ANSWER_TOKENS)]
+            batch = vl.prefix_lm_batch(prompts, targets, tokens)
+            batch["pixel_values"] = processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
+            return batch
+        batch = dict(processor(images=images, text=questions, padding="longest", truncation=True,
+                               max_length=MAX_QUESTION_TOKENS, return_tensors="pt"))
+        if labelled and self.mode == "classifier":
+            index = {a: i for i, a in enumerate(self.answers)}
+            soft = torch.zeros(len(items), len(self.answers))
+            for i, row_answers in enumerate(answers):
+                for answer, score in soft_scores(row_answers).items():
+                    if answer in index:
+                        soft[i, index[answer]] = score
+            batch["labels"] = soft
+        elif labelled:  # BLIP: the answer decoder starts at bos and stops at [SEP]
+            tokens = vl.special_tokens(loaded.model.backbone, processor.tokenizer)
+            ids = [[tokens.bos] + t + [tokens.eos] for t in vl.text_ids(
+                processor.tokenizer, [majority_answer(a) for a in answers], MAX_ANSWER_TOKENS)]
+            padded = vl.prefix_lm_batch(ids, None, tokens)
+            batch["decoder_input_ids"] = padded["input_ids"]
+            batch["decoder_attention_mask"] = padded["attention_mask"]
+            batch["labels"] = padded["input_ids"].masked_fill(padded["attention_mask"] == 0, -100)
+        return batch
+
+    # ---- training and inference --------------------------------------------------------------
+
+    def loss(self, loaded: Loaded, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return loaded.model.backbone(**batch).loss
+
+    def outputs(self, loaded: Loaded, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        backbone = loaded.model.backbone
+        model = vl.unwrap(backbone)
+        pixel_values = batch["pixel_values"]
+        if self.mode == "classifier":
+            inputs = {k: v for k, v in batch.items() if k != "labels"}
+            pooled = model.vilt(**inputs).pooler_output if hasattr(model, "vilt") else None
+            if pooled is None:
+                return {"logits": backbone(**inputs).logits.float(),
+                        "image_embeds": vl.image_embedding(backbone, pixel_values)}
+            return {"logits": model.classifier(pooled).float(), "image_embeds": pooled.float()}
+        kwargs = {"max_new_tokens": self.max_new_tokens, "num_beams": self.num_beams, "do_sample": False}
+        width = self.max_new_tokens + 1
+        if self.mode == "blip":
+            generated = backbone.generate(input_ids=batch["input_ids"], pixel_values=pixel_values,
+                                          attention_mask=batch["attention_mask"], **kwargs)
+            sequences = [seq[1:] for seq in generated]  # drop the decoder's start token
+        else:
+            sequences = self._generate_after_prompts(backbone, batch, kwargs)
+        return {"generated": vl.pad_generated(sequences, width),
+                "image_embeds": vl.image_embedding(backbone, pixel_values)}
+
+    @staticmethod
+    def _generate_after_prompts(backbone: nn.Module, batch: dict[str, torch.Tensor],
+                                kwargs: dict[str, Any]) -> list[torch.Tensor]:
+        """Questions of equal length generate together, so no prompt needs padding (which not every
+        prefix-LM handles exactly); the output after each prompt is the answer."""
+        lengths = batch["attention_mask"].sum(1).tolist()
+        sequences: list[torch.Tensor] = [torch.empty(0, dtype=torch.long)] * len(lengths)
+        for length in sorted(set(lengths)):
+            rows = [i for i, n in enumerate(lengths) if n == length]
+            ids = batch["input_ids"][rows, :length]
+            out = backbone.generate(pixel_values=batch["pixel_values"][rows], input_ids=ids,
+                                    attention_mask=torch.ones_like(ids), **kwargs)
+            for i, seq in zip(rows, out):
+                sequences[i] = seq[length:]
+        return sequences
+
+    def answers_of(self, loaded: Loaded, outputs: dict[str, torch.Tensor]) -> list[str]:
+        if self.mode == "classifier":
+            return [self.answers[i] for i in outputs["logits"].argmax(-1).tolist()]
+        tokens = vl.special_tokens(loaded.model.backbone, loaded.processor.tokenizer)
+        return vl.decode(loaded.processor.tokenizer, outputs["generated"], tokens)
+
+    def evaluate(self, loaded: Loaded, outputs: dict[str, torch.Tensor], rows: list[Row]) -> dict[str, Any]:
+        from modaltune.metrics import vqa_metrics
+
+        predictions = self.answers_of(loaded, outputs)
+        metrics: dict[str, Any] = vqa_metrics(predictions, [list(r.answers) for r in rows])
+        if self.mode == "classifier":
+            vocabulary = set(self.answers)
+            unknown = sum(1 for r in rows if not any(_normalize(a) in vocabulary for a in r.answers))
+            # Questions whose every answer is outside the vocabulary: no prediction can score on them.
+            metrics["unknown_answer_rate"] = round(unknown / max(1, len(rows)), 6)
+        metrics["samples"] = [{"id": r.id, "image": str(r.image), "question": r.question, "prediction": p,
+                               "references": list(dict.fromkeys(r.answers))}
+                              for r, p in list(zip(rows, predictions))[:8]]
+        return metrics
+
+    def predict(self, loaded: Loaded, outputs: dict[str, torch.Tensor], rows: list[Row]) -> list[dict]:
+        answers = self.answers_of(loaded, outputs)
+        results = []
+        for i, (row, answer) in enumerate(zip(rows, answers)):
+            result: dict[str, Any] = {"input": row.id, "question": row.question, "answer": answer}
+            if self.mode == "classifier":
+                probs = outputs["logits"][i].sigmoid()
+                top = probs.topk(min(5, len(self.answers)))
+                result["score"] = round(float(top.values[0]), 6)
+                result["top"] = [{"answer": self.answers[j], "score": round(float(s), 6)}
+                                 for s, j in zip(top.values.tolist(), top.indices.tolist())]
+            results.append(result)
+        return results
+
+    @classmethod
+    def chance(cls, rows: list[Row]) -> float:
+        """What answering every question with the most common answer scores (the answer prior)."""
+        from modaltune.metrics import vqa_metrics
+
+        if not rows:
+            return 0.0
+        common = Counter(_normalize(majority_answer(r.answers)) for r in rows).most_common(1)[0][0]
+        return float(vqa_metrics([common] * len(rows), [list(r.answers) for r in rows])["vqa_accuracy"])
+
+    # ---- strategies --------------------------------------------------------------------------
+
+    def probe_parameters(self, loaded: Loaded) -> list[str]:
+        if self.mode == "classifier":
+            return ["backbone.classifier."]
+        return vl.output_head_prefixes(loaded.model.backbone)
+
+    def lora_modules_to_save(self, loaded: Loaded) -> list[str]:
+        """A classifier's answer head trains beside the adapters: new answers have no other weights."""
+        return ["classifier"] if self.mode == "classifier" else []
