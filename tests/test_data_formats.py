@@ -296,17 +296,35 @@ def test_validation_reason_for_each_real_bad_file(tmp_path):
 def test_empty_text_and_extra_required_fields():
     rows = [
         Row(id="r1", text="  "),
-        Row(id="r2", text="ok", extra={"question": ""}),
-        Row(id="r3", text="ok", extra={"question": "why?"}),
+        Row(id="r2", text="ok", extra={"speaker": ""}),
+        Row(id="r3", text="ok", extra={"speaker": "ann"}),
         Row(id="r4", text="ok"),
     ]
-    good, bad = validate_rows(rows, require=("text", "question"))
+    good, bad = validate_rows(rows, require=("text", "speaker"))
     assert [r.id for r in good] == ["r3"]
     assert [(b.id, b.reason) for b in bad] == [
         ("r1", "empty_text"),
         ("r2", "missing_field"),
         ("r4", "missing_field"),
     ]
+
+
+def test_question_and_answers_are_row_fields_with_their_own_reasons():
+    rows = [
+        Row(id="q1", question=" ", answers=("red",)),
+        Row(id="q2", question="what?", answers=()),
+        Row(id="q3", question="what?"),
+        Row(id="q4", question="what?", answers=("red", "")),
+        Row(id="q5", question="what?", answers=("red",)),
+        Row(id="c1", text=""),
+    ]
+    good, bad = validate_rows(rows[:5], require=("question", "answers"))
+    assert [r.id for r in good] == ["q5"]
+    assert [(b.id, b.reason) for b in bad] == [
+        ("q1", "empty_question"), ("q2", "empty_answer"), ("q3", "missing_field"), ("q4", "empty_answer")]
+    assert "answer or answers" in bad[2].detail
+    _, bad = validate_rows(rows[5:], require=("text",), field_names={"text": "caption"})
+    assert [(b.reason, b.detail) for b in bad] == [("empty_caption", "'caption' is empty")]
 
 
 def test_bad_rows_stop_the_run_with_an_actionable_message(tmp_path):

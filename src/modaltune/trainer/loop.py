@@ -160,10 +160,12 @@ def fit(
     def micro_batch_loss(parts: dict[str, dict[str, torch.Tensor]]) -> tuple[torch.Tensor, float | None]:
         loss = target_loss(parts["target"])
         if "replay" in parts:
-            # Weighted by examples: the batch is a mix of target and old rows at the requested ratio.
+            # Every example of the mixed batch weighs the same, normalised by the target examples: the
+            # target term is exactly the loss without rehearsal (so --lr means the same), and the old
+            # rows add theirs on top.
             n_target, n_old = _batch_len(parts["target"]), _batch_len(parts["replay"])
             old_loss = replay.task.loss(old_loaded, parts["replay"])
-            loss = (n_target * loss + n_old * old_loss) / (n_target + n_old)
+            loss = loss + (n_old / n_target) * old_loss
         penalty = None
         if l2sp is not None:
             term = l2sp.l2sp_penalty(model, cfg.l2sp)
