@@ -216,3 +216,31 @@ def test_transfer_tools_work_for_captioning(tiny_blip_caption, multi_caption_man
     assert forgetting["task"] == "caption" and forgetting["metric"] == "cider" and forgetting["rows"] == 12
     assert forgetting["drop"] == pytest.approx(forgetting["before"] - forgetting["after"], abs=1e-6)
     assert len(metrics["wise_ft"]["sweep"]) == 11 and metrics["replay"]["task"] == "caption"
+
+
+def test_long_texts_are_truncated_to_the_model_and_oversized_generation_is_refused(tiny_blip_caption, tiny_git,
+                                                                                   tmp_path):
+    from modaltune.data.synthetic import vocabulary_texts
+
+    img = _image(tmp_path)
+    long_text = " ".join(vocabulary_texts()[:40])  # far more words than the tiny models' 64 text positions
+    task = create_task("caption", max_new_tokens=4)
+    loaded = task.load(tiny_blip_caption)
+    from modaltune.data.rows import Row
+
+    rows = [Row(id="x", image=tmp_path / img, text=long_text)]
+    from PIL import Image
+
+    batch = task.collate(loaded, [(rows[0], Image.open(tmp_path / img).convert("RGB"))])
+    assert batch["input_ids"].shape[1] <= 64
+    assert torch.isfinite(task.loss(loaded, batch))
+    vqa = create_task("vqa", max_new_tokens=4)
+    git = vqa.load(tiny_git)
+    item = (Row(id="q", image=tmp_path / img, question=long_text, answers=("red",)),
+            Image.open(tmp_path / img).convert("RGB"))
+    batch = vqa.collate(git, [item])
+    assert batch["input_ids"].shape[1] <= 64 and torch.isfinite(vqa.loss(git, batch))
+    unlabelled = vqa.collate(git, [(Row(id="q", image=tmp_path / img, question=long_text), item[1])])
+    assert vqa.outputs(git, unlabelled)["generated"].shape == (1, 5)
+    with pytest.raises(ConfigError, match="max-new-tokens 500 does not fit"):
+        create_task("caption", max_new_tokens=500).load(tiny_blip_caption)

@@ -70,6 +70,7 @@ class CaptionTask(vl.StackedBlocksTask):
             raise ConfigError(f"model {source!r} ({type(backbone).__name__}) cannot generate text; "
                               "captioning needs an image-to-text generator such as BLIP or GIT")
         generation_options(self, read_meta(Path(source)) if Path(source).is_dir() else None)
+        vl.check_generation_room(backbone, processor.tokenizer, self.max_new_tokens)
         return Loaded(model=VisionLanguageModel(backbone), processor=processor)
 
     def attach(self, other: Loaded) -> Loaded:
@@ -88,7 +89,9 @@ class CaptionTask(vl.StackedBlocksTask):
         texts = [row.text for row, _ in items]
         if all(texts):
             tokens = vl.special_tokens(loaded.model.backbone, processor.tokenizer)
-            targets = [ids + [tokens.eos] for ids in vl.text_ids(processor.tokenizer, texts, MAX_TEXT_TOKENS)]
+            # Start and end token around the caption, all within the model's text positions.
+            limit = min(MAX_TEXT_TOKENS, vl.text_positions(loaded.model.backbone, processor.tokenizer) - 2)
+            targets = [ids + [tokens.eos] for ids in vl.text_ids(processor.tokenizer, texts, limit)]
             batch.update(vl.prefix_lm_batch([[tokens.bos]] * len(items), targets, tokens))
         return batch
 

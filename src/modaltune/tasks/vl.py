@@ -160,6 +160,21 @@ def text_config(model: nn.Module) -> Any:
     return getattr(config, "text_config", None) or config
 
 
+def text_positions(model: nn.Module, tokenizer: Any) -> int:
+    """How many text tokens the model can take: its position embeddings (and the tokenizer's limit)."""
+    limits = [getattr(text_config(model), "max_position_embeddings", None),
+              getattr(tokenizer, "model_max_length", None)]
+    found = [int(v) for v in limits if isinstance(v, int) and 0 < v < 1_000_000]
+    return min(found) if found else 512
+
+
+def check_generation_room(model: nn.Module, tokenizer: Any, max_new_tokens: int, prompt: int = 1) -> None:
+    room = text_positions(model, tokenizer)
+    if prompt + max_new_tokens > room:
+        raise ConfigError(f"--max-new-tokens {max_new_tokens} does not fit: the model takes {room} text tokens, "
+                          f"{prompt} of them the prompt; use at most {room - prompt}")
+
+
 @dataclass(frozen=True)
 class Tokens:
     """The ids a teacher-forced layout needs: the start token, the end token and padding."""

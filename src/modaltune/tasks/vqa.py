@@ -91,6 +91,8 @@ class VqaTask(vl.StackedBlocksTask):
             raise ConfigError(f"model {source!r} ({type(model).__name__}) neither classifies answers nor "
                               "generates text; vqa supports ViLT-style classifiers and image-text generators")
         generation_options(self, read_meta(Path(source)) if Path(source).is_dir() else None)
+        if self.mode != "classifier":
+            vl.check_generation_room(backbone, processor.tokenizer, self.max_new_tokens)
         return Loaded(model=VisionLanguageModel(backbone), processor=processor, meta=self._meta())
 
     def _meta(self) -> dict[str, Any]:
@@ -140,18 +142,22 @@ class VqaTask(vl.StackedBlocksTask):
         questions = [row.question or "" for row, _ in items]
         answers = [row.answers for row, _ in items]
         labelled = all(answers)
+        positions = vl.text_positions(loaded.model.backbone, processor.tokenizer)
+        answer_limit = min(MAX_ANSWER_TOKENS, positions // 4)
         if self.mode == "prefix-lm":
+            # Question and answer share the positions: leave the answer (and start/end tokens) room.
+            question_limit = min(MAX_QUESTION_TOKENS, positions - answer_limit - 2)
             tokens = vl.special_tokens(loaded.model.backbone, processor.tokenizer)
-            prompts = [[tokens.bos] + ids for ids in vl.text_ids(processor.tokenizer, questions, MAX_QUESTION_TOKENS)]
+            prompts = [[tokens.bos] + ids for ids in vl.text_ids(processor.tokenizer, questions, question_limit)]
             targets = None
             if labelled:
                 targets = [ids + [tokens.eos] for ids in vl.text_ids(
-                    processor.tokenizer, [majority_answer(a) for a in answers], MAX_ANSWER_TOKENS)]
+                    processor.tokenizer, [majority_answer(a) for a in answers], answer_limit)]
             batch = vl.prefix_lm_batch(prompts, targets, tokens)
             batch["pixel_values"] = processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
             return batch
         batch = dict(processor(images=images, text=questions, padding="longest", truncation=True,
-                               max_length=MAX_QUESTION_TOKENS, return_tensors="pt"))
+                               max_length=min(MAX_QUESTION_TOKENS, positions), return_tensors="pt"))
         if labelled and self.mode == "classifier":
             index = {a: i for i, a in enumerate(self.answers)}
             soft = torch.zeros(len(items), len(self.answers))
@@ -163,7 +169,7 @@ class VqaTask(vl.StackedBlocksTask):
         elif labelled:  # BLIP: the answer decoder starts at bos and stops at [SEP]
             tokens = vl.special_tokens(loaded.model.backbone, processor.tokenizer)
             ids = [[tokens.bos] + t + [tokens.eos] for t in vl.text_ids(
-                processor.tokenizer, [majority_answer(a) for a in answers], MAX_ANSWER_TOKENS)]
+                processor.tokenizer, [majority_answer(a) for a in answers], answer_limit)]
             padded = vl.prefix_lm_batch(ids, None, tokens)
             batch["decoder_input_ids"] = padded["input_ids"]
             batch["decoder_attention_mask"] = padded["attention_mask"]
@@ -207,8 +213,10 @@ class VqaTask(vl.StackedBlocksTask):
         for length in sorted(set(lengths)):
             rows = [i for i, n in enumerate(lengths) if n == length]
             ids = batch["input_ids"][rows, :length]
+            room = vl.text_positions(backbone, None) - length  # a long question leaves less room
             out = backbone.generate(pixel_values=batch["pixel_values"][rows], input_ids=ids,
-                                    attention_mask=torch.ones_like(ids), **kwargs)
+                                    attention_mask=torch.ones_like(ids),
+                                    **{**kwargs, "max_new_tokens": max(1, min(kwargs["max_new_tokens"], room))})
             for i, seq in zip(rows, out):
                 sequences[i] = seq[length:]
         return sequences
