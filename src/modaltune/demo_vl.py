@@ -32,7 +32,7 @@ class VlSpec:
     batch_size: int = 16
 
 
-FULL_VL = VlSpec(images=320, captions_per_image=2, epochs_vqa=12, epochs_caption=8)
+FULL_VL = VlSpec(images=480, captions_per_image=2, epochs_vqa=40, epochs_caption=20)
 QUICK_VL = VlSpec(images=24, captions_per_image=2, epochs_vqa=1, epochs_caption=1)
 
 
