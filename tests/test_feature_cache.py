@@ -42,6 +42,21 @@ def test_cached_training_matches_uncached(strategy, layers, tiny_clip, shape_fol
     assert again["accuracy"] == cached["accuracy"] and again["loss"] == pytest.approx(cached["loss"], abs=1e-6)
 
 
+def test_retrieve_linear_probe_cache_matches_uncached_and_sees_caption_edits(tiny_clip, caption_manifest, tmp_path):
+    kw = dict(task="retrieve", strategy="linear-probe")
+    cached = _run(tiny_clip, caption_manifest, tmp_path / "c", **kw)
+    plain = _run(tiny_clip, caption_manifest, tmp_path / "p", feature_cache=False, **kw)
+    assert cached["run"]["feature_cache"]["hit"] is False and plain["run"]["feature_cache"] is None
+    for key in ("r_mean", "i2t_r@1", "t2i_r@1", "loss"):
+        assert cached[key] == pytest.approx(plain[key], abs=1e-5), key
+    task = create_task("retrieve")
+    rows, _ = load_dataset(caption_manifest, require=("image", "text"))
+    loaded = task.load(tiny_clip)
+    split = task.cache_split(loaded, "linear-probe", None)
+    edited = [rows[0].__class__(id=rows[0].id, image=rows[0].image, text=rows[0].text + " indeed"), *rows[1:]]
+    assert cache_key(split, rows) != cache_key(split, edited)  # an edited caption is a new entry
+
+
 def test_cache_is_not_used_where_the_frozen_input_changes(tiny_clip, shape_folder, tmp_path):
     augmented = _run(tiny_clip, shape_folder, tmp_path / "a", strategy="linear-probe", augment=True, epochs=1)
     full = _run(tiny_clip, shape_folder, tmp_path / "f", strategy="full", epochs=1)

@@ -68,7 +68,8 @@ def _hash_modules(modules: Sequence[nn.Module], digest: Any) -> None:
 
 
 def _row_identity(row: Row) -> list[Any]:
-    ident: list[Any] = [row.id]
+    # The text is part of the row (a caption edited in the manifest must not hit the old entry).
+    ident: list[Any] = [row.id, row.text]
     for media in (row.image, row.audio):
         if media is not None:
             stat = Path(media).stat()

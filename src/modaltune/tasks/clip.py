@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -411,6 +412,45 @@ class RetrieveTask(DualEncoderTask):
     def probe_parameters(self, loaded: Loaded) -> list[str]:
         # A retrieval "head" is the pair of projections into the shared space.
         return [n for n in self.top_parameters(loaded) if "projection" in n]
+
+    def cache_split(self, loaded: Loaded, strategy: str, layers: int | None) -> Any:
+        """Linear probe on CLIP: cache both towers' pooled outputs, train the two projections on them."""
+        from modaltune.feature_cache import CacheSplit
+
+        clip = loaded.model.backbone
+        if strategy != "linear-probe" or clip is not unwrap(clip) or clip.config.model_type != "clip":
+            return None  # SigLIP pools and scores differently; LoRA changes the towers themselves
+        width = clip.config.vision_config.hidden_size
+        tokenizer = loaded.processor.tokenizer
+
+        def encode(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+            image = clip.vision_model(pixel_values=batch["pixel_values"]).pooler_output
+            text = clip.text_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).pooler_output
+            return torch.cat([image, text], dim=-1)
+
+        def embeds(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+            features = batch["features"]
+            return (F.normalize(clip.visual_projection(features[:, :width]), dim=-1),
+                    F.normalize(clip.text_projection(features[:, width:]), dim=-1))
+
+        def loss(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+            # CLIPModel's own loss: symmetric cross-entropy over logits_per_text.
+            image, text = embeds(batch)
+            logits = clip.logit_scale.exp() * text @ image.T
+            target = torch.arange(len(logits), device=logits.device)
+            return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+
+        def outputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            image, text = embeds(batch)
+            return {"image_embeds": image.float(), "text_embeds": text.float()}
+
+        vocab = json.dumps(sorted(tokenizer.get_vocab().items()))
+        return CacheSplit(
+            name="retrieve:pooled-image-and-text", frozen=[clip.vision_model, clip.text_model], encode=encode,
+            collate=lambda items: {"features": torch.stack([f for _, f in items])}, loss=loss, outputs=outputs,
+            preprocessing={"image": loaded.processor.image_processor.to_dict(),
+                           "tokenizer": [type(tokenizer).__name__, _text_max_length(loaded.processor, clip),
+                                         hashlib.sha256(vocab.encode()).hexdigest()]})
 
     def save(self, loaded: Loaded, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
