@@ -244,3 +244,21 @@ def test_long_texts_are_truncated_to_the_model_and_oversized_generation_is_refus
     assert vqa.outputs(git, unlabelled)["generated"].shape == (1, 5)
     with pytest.raises(ConfigError, match="max-new-tokens 500 does not fit"):
         create_task("caption", max_new_tokens=500).load(tiny_blip_caption)
+
+
+def test_model_labels_written_differently_still_receive_their_answers(tmp_path, vqa_manifest):
+    """A base model's label "Red" and the data's answer "red" are one class (soft target included)."""
+    from modaltune.data.synthetic import vocabulary_texts, vqa_texts
+    from modaltune.tiny_vl import build_vilt_vqa
+
+    model = build_vilt_vqa(tmp_path / "vilt", texts=vocabulary_texts() + vqa_texts(), answers=["Yes", "Red"])
+    task = create_task("vqa", train_answers=["red", "blue"])
+    loaded = task.load(model)
+    assert task.answers == ["Yes", "Red", "blue"]  # "red" is not added twice
+    from PIL import Image
+
+    from modaltune.data.rows import Row
+
+    image = Image.new("RGB", (32, 32))
+    batch = task.collate(loaded, [(Row(id="a", question="what colour?", answers=("red", "red", "blue")), image)])
+    assert batch["labels"].tolist() == [[0.0, pytest.approx(2 / 3), pytest.approx(1 / 3)]]

@@ -126,6 +126,13 @@ class VqaTask(vl.StackedBlocksTask):
         model.config.label2id = {a: i for i, a in enumerate(self.answers)}
         model.config.num_labels = len(self.answers)
 
+    def _answer_index(self) -> dict[str, int]:
+        """Normalised answer -> class id (a model label written "Red" is the answer "red")."""
+        index: dict[str, int] = {}
+        for i, answer in enumerate(self.answers):
+            index.setdefault(_normalize(answer), i)
+        return index
+
     def attach(self, other: Loaded) -> Loaded:
         self.mode, self.answers = other.meta.get("mode"), other.meta.get("answers")
         generation_options(self, None)
@@ -159,7 +166,7 @@ class VqaTask(vl.StackedBlocksTask):
         batch = dict(processor(images=images, text=questions, padding="longest", truncation=True,
                                max_length=min(MAX_QUESTION_TOKENS, positions), return_tensors="pt"))
         if labelled and self.mode == "classifier":
-            index = {a: i for i, a in enumerate(self.answers)}
+            index = self._answer_index()
             soft = torch.zeros(len(items), len(self.answers))
             for i, row_answers in enumerate(answers):
                 for answer, score in soft_scores(row_answers).items():
@@ -233,7 +240,7 @@ class VqaTask(vl.StackedBlocksTask):
         predictions = self.answers_of(loaded, outputs)
         metrics: dict[str, Any] = vqa_metrics(predictions, [list(r.answers) for r in rows])
         if self.mode == "classifier":
-            vocabulary = set(self.answers)
+            vocabulary = set(self._answer_index())
             unknown = sum(1 for r in rows if not any(_normalize(a) in vocabulary for a in r.answers))
             # Questions whose every answer is outside the vocabulary: no prediction can score on them.
             metrics["unknown_answer_rate"] = round(unknown / max(1, len(rows)), 6)
