@@ -262,3 +262,19 @@ def test_model_labels_written_differently_still_receive_their_answers(tmp_path, 
     image = Image.new("RGB", (32, 32))
     batch = task.collate(loaded, [(Row(id="a", question="what colour?", answers=("red", "red", "blue")), image)])
     assert batch["labels"].tolist() == [[0.0, pytest.approx(2 / 3), pytest.approx(1 / 3)]]
+
+
+def test_rehearsed_vqa_answers_join_the_classifier_vocabulary(tiny_vilt, vqa_manifest, tmp_path):
+    img = _image(tmp_path)
+    old = _write_jsonl(tmp_path / "old.jsonl", [
+        {"image": img, "question": "what is it?", "answers": ["aubergine"]},
+        {"image": img, "question": "what is it?", "answers": ["zucchini"]},
+    ])
+    run = tmp_path / "run"
+    metrics = _train("vqa", tiny_vilt, vqa_manifest, run, strategy="linear-probe", epochs=1, replay=str(old),
+                     old_task=str(old))
+    from transformers import AutoConfig
+
+    labels = set(AutoConfig.from_pretrained(run / "model").id2label.values())
+    assert {"aubergine", "zucchini"} <= labels
+    assert metrics["forgetting"]["task"] == "vqa" and metrics["replay"]["rows"] == 2

@@ -87,11 +87,6 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Any = None) -> di
     _check_output(run, cfg, resume)
     task_cls = task_class(cfg.task)
     splits = load_splits(cfg, task_cls)
-    task = _task_for(cfg, splits)
-
-    run.create()
-    run.config.write_text(cfg.to_yaml())
-    run.write_json(run.data_report, splits.report)
 
     old_task = replay = None
     if cfg.old_task is not None:
@@ -100,6 +95,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Any = None) -> di
     if cfg.replay is not None:
         replay = load_old_task(cfg.replay, task_cls, explicit=cfg.old_task_type, purpose="train",
                                prompt_template=cfg.prompt_template, skip_bad=cfg.skip_bad)
+    # Rehearsed rows of the same task train the same head (a VQA classifier needs their answers too).
+    rehearsed = replay.rows if replay is not None and replay.name == cfg.task else []
+    task = _task_for(cfg, splits, extra_rows=rehearsed)
+
+    run.create()
+    run.config.write_text(cfg.to_yaml())
+    run.write_json(run.data_report, splits.report)
 
     advice = loaded = None
     if cfg.strategy == "auto":
@@ -193,14 +195,15 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Any = None) -> di
     return metrics
 
 
-def _task_for(cfg: TrainConfig, splits: Splits) -> Task:
-    """The task instance ``cfg`` trains: labels and prompt from the data, class weights if asked."""
+def _task_for(cfg: TrainConfig, splits: Splits, *, extra_rows: list[Row] = ()) -> Task:
+    """The task instance ``cfg`` trains: labels and prompt from the data, class weights if asked,
+    whatever else the task learns from its training rows (and ``extra_rows``: rehearsed ones)."""
     from modaltune.trainer.batches import class_weights
 
     options: dict[str, Any] = {}
     from_rows = getattr(task_class(cfg.task), "options_from_rows", None)
     if callable(from_rows):
-        options.update(from_rows(splits.train))
+        options.update(from_rows([*splits.train, *extra_rows]))
     for name in ("num_beams", "max_new_tokens"):
         if getattr(cfg, name) is not None:
             options[name] = getattr(cfg, name)
