@@ -72,7 +72,9 @@ class VqaTask(vl.StackedBlocksTask):
 
     @classmethod
     def options_from_rows(cls, rows: list[Row]) -> dict[str, Any]:
-        return {"train_answers": sorted({_normalize(a) for row in rows for a in row.answers or ()})}
+        # An answer that normalises to nothing ("a", "the") cannot be a class of its own.
+        answers = {_normalize(a) for row in rows for a in row.answers or ()}
+        return {"train_answers": sorted(a for a in answers if a)}
 
     # ---- model -------------------------------------------------------------------------------
 
