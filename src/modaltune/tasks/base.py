@@ -158,6 +158,27 @@ def load_error(source: str | Path, exc: Exception) -> ModaltuneError:
     return ModaltuneError(f"could not load model {str(source)!r}: {exc}\nHint: {hint}.")
 
 
+def unwrap(backbone: nn.Module) -> nn.Module:
+    """The plain transformers model under a PEFT wrapper (or the model itself)."""
+    get_base = getattr(backbone, "get_base_model", None)
+    return get_base() if callable(get_base) else backbone
+
+
+class BackboneModel(nn.Module):
+    """A task model that is the Hugging Face model alone, as ``.backbone`` (every task model has one)."""
+
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+
+
+def write_meta(directory: Path, meta: dict[str, Any]) -> None:
+    """``modaltune.json`` beside the saved model: which task, and what it needs to reload."""
+    import json
+
+    (Path(directory) / META_FILE).write_text(json.dumps({"format": 1, **meta}, indent=2) + "\n")
+
+
 def read_meta(directory: Path) -> dict[str, Any] | None:
     import json
 

@@ -9,39 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from modaltune.data.rows import Row
 from modaltune.errors import ConfigError
 from modaltune.tasks import vl
-from modaltune.tasks.base import Loaded, read_meta, register
+from modaltune.tasks.base import BackboneModel, Loaded, read_meta, register
 
 DEFAULT_MAX_NEW_TOKENS = 30
 MAX_TEXT_TOKENS = 64
-
-
-class VisionLanguageModel(nn.Module):
-    """The Hugging Face model as ``.backbone`` (every task model has one)."""
-
-    def __init__(self, backbone: nn.Module) -> None:
-        super().__init__()
-        self.backbone = backbone
-
-
-def generation_options(task: Any, saved: dict[str, Any] | None) -> None:
-    """Settings given to the task win; else those the model was trained with; else the defaults."""
-    saved = (saved or {}).get("generation", {})
-    if task.num_beams is None:
-        task.num_beams = int(saved.get("num_beams", 1))
-    if task.max_new_tokens is None:
-        task.max_new_tokens = int(saved.get("max_new_tokens", task.default_max_new_tokens))
-
-
-def check_generation(num_beams: int | None, max_new_tokens: int | None) -> None:
-    if num_beams is not None and num_beams < 1:
-        raise ConfigError(f"--num-beams must be at least 1, got {num_beams}")
-    if max_new_tokens is not None and max_new_tokens < 1:
-        raise ConfigError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
 
 
 @register("caption")
@@ -56,7 +31,7 @@ class CaptionTask(vl.StackedBlocksTask):
     default_max_new_tokens = DEFAULT_MAX_NEW_TOKENS
 
     def __init__(self, num_beams: int | None = None, max_new_tokens: int | None = None, **options: Any) -> None:
-        check_generation(num_beams, max_new_tokens)
+        vl.check_generation(num_beams, max_new_tokens)
         self.num_beams = num_beams
         self.max_new_tokens = max_new_tokens
         self.options = options
@@ -69,12 +44,12 @@ class CaptionTask(vl.StackedBlocksTask):
         if not backbone.can_generate():
             raise ConfigError(f"model {source!r} ({type(backbone).__name__}) cannot generate text; "
                               "captioning needs an image-to-text generator such as BLIP or GIT")
-        generation_options(self, read_meta(Path(source)) if Path(source).is_dir() else None)
+        vl.generation_options(self, read_meta(Path(source)) if Path(source).is_dir() else None)
         vl.check_generation_room(backbone, processor.tokenizer, self.max_new_tokens)
-        return Loaded(model=VisionLanguageModel(backbone), processor=processor)
+        return Loaded(model=BackboneModel(backbone), processor=processor)
 
     def attach(self, other: Loaded) -> Loaded:
-        generation_options(self, None)
+        vl.generation_options(self, None)
         return Loaded(model=other.model, processor=other.processor, meta=dict(other.meta))
 
     def save(self, loaded: Loaded, directory: Path) -> None:

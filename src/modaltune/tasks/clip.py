@@ -14,16 +14,10 @@ from torch import nn
 
 from modaltune.data.rows import Row
 from modaltune.errors import ConfigError, ModaltuneError
-from modaltune.tasks.base import META_FILE, Loaded, load_error, read_meta, register
+from modaltune.tasks.base import BackboneModel, Loaded, load_error, read_meta, register, unwrap, write_meta
 
 HEAD_FILE = "classifier.safetensors"
 DEFAULT_PROMPT = "a photo of a {}."
-
-
-def unwrap(backbone: nn.Module) -> nn.Module:
-    """The plain transformers model under a PEFT wrapper (or the model itself)."""
-    get_base = getattr(backbone, "get_base_model", None)
-    return get_base() if callable(get_base) else backbone
 
 
 def load_backbone(source: str | Path, *, scratch: bool, trust_remote_code: bool) -> tuple[nn.Module, Any]:
@@ -325,20 +319,12 @@ class ClassifyTask(DualEncoderTask):
         loaded.processor.save_pretrained(directory)
         head = {k: v.detach().contiguous().cpu() for k, v in loaded.model.head.state_dict().items()}
         save_file(head, str(directory / HEAD_FILE))
-        _write_meta(directory, {
+        write_meta(directory, {
             "task": "classify", "labels": self.labels, "prompt_template": self.prompt_template,
             "head": HEAD_FILE,
             "usage": "logits = normalize(model.get_image_features(pixel_values).pooler_output) "
                      "@ weight.T + bias, with weight/bias from classifier.safetensors",
         })
-
-
-class ClipPairs(nn.Module):
-    """The whole dual encoder; a module of its own so every task model has `.backbone`."""
-
-    def __init__(self, backbone: nn.Module) -> None:
-        super().__init__()
-        self.backbone = backbone
 
 
 @register("retrieve")
@@ -354,7 +340,7 @@ class RetrieveTask(DualEncoderTask):
 
     def load(self, source: str | Path, *, scratch: bool = False, trust_remote_code: bool = False) -> Loaded:
         backbone, processor = load_backbone(source, scratch=scratch, trust_remote_code=trust_remote_code)
-        return Loaded(model=ClipPairs(backbone), processor=processor)
+        return Loaded(model=BackboneModel(backbone), processor=processor)
 
     def collate(self, loaded: Loaded, items: list[tuple[Row, Any]]) -> dict[str, torch.Tensor]:
         batch = {"pixel_values": _pixels(loaded.processor, [image for _, image in items])}
@@ -401,7 +387,7 @@ class RetrieveTask(DualEncoderTask):
         return results
 
     def attach(self, other: Loaded) -> Loaded:
-        return Loaded(model=ClipPairs(other.model.backbone), processor=other.processor)
+        return Loaded(model=BackboneModel(other.model.backbone), processor=other.processor)
 
     @classmethod
     def chance(cls, rows: list[Row]) -> float:
@@ -456,8 +442,4 @@ class RetrieveTask(DualEncoderTask):
         directory.mkdir(parents=True, exist_ok=True)
         loaded.model.backbone.save_pretrained(directory)
         loaded.processor.save_pretrained(directory)
-        _write_meta(directory, {"task": "retrieve"})
-
-
-def _write_meta(directory: Path, meta: dict[str, Any]) -> None:
-    (directory / META_FILE).write_text(json.dumps({"format": 1, **meta}, indent=2) + "\n")
+        write_meta(directory, {"task": "retrieve"})

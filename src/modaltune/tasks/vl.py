@@ -9,7 +9,6 @@ its own recipe (BLIP's question-encoder/answer-decoder VQA) the task says so exp
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ import torch
 from torch import nn
 
 from modaltune.errors import ConfigError, ModaltuneError
-from modaltune.tasks.base import META_FILE, load_error
+from modaltune.tasks.base import load_error, unwrap, write_meta
 
 #: Names of the ModuleLists that hold a stack's transformer blocks (CLIP/BLIP "layers", BERT/ViLT
 #: "layer", GPT-2 "h", timm-style "blocks").
@@ -29,11 +28,6 @@ LORA_PATTERN = (r".*\.(query|key|value|q_proj|k_proj|v_proj|out_proj|o_proj|qkv|
                 r"self_attn\.projection|attention\.output\.dense|crossattention\.output\.dense)$")
 #: Parameters below the first block of a stack: frozen by last-n, like CLIP's embeddings.
 _BELOW_BLOCKS = ("embed", "pre_layrnorm", "pre_layernorm")
-
-
-def unwrap(backbone: nn.Module) -> nn.Module:
-    get_base = getattr(backbone, "get_base_model", None)
-    return get_base() if callable(get_base) else backbone
 
 
 def load_pretrained(source: str | Path, auto_classes: tuple[str, ...], *, scratch: bool, trust_remote_code: bool,
@@ -160,6 +154,22 @@ def text_config(model: nn.Module) -> Any:
     return getattr(config, "text_config", None) or config
 
 
+def check_generation(num_beams: int | None, max_new_tokens: int | None) -> None:
+    if num_beams is not None and num_beams < 1:
+        raise ConfigError(f"--num-beams must be at least 1, got {num_beams}")
+    if max_new_tokens is not None and max_new_tokens < 1:
+        raise ConfigError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
+
+
+def generation_options(task: Any, saved: dict[str, Any] | None) -> None:
+    """Settings given to the task win; else those the model was trained with; else the defaults."""
+    saved = (saved or {}).get("generation", {})
+    if task.num_beams is None:
+        task.num_beams = int(saved.get("num_beams", 1))
+    if task.max_new_tokens is None:
+        task.max_new_tokens = int(saved.get("max_new_tokens", task.default_max_new_tokens))
+
+
 def text_positions(model: nn.Module, tokenizer: Any) -> int:
     """How many text tokens the model can take: its position embeddings (and the tokenizer's limit)."""
     limits = [getattr(text_config(model), "max_position_embeddings", None),
@@ -256,7 +266,3 @@ def decode(tokenizer: Any, generated: torch.Tensor, tokens: Tokens) -> list[str]
                 ids.append(t)
         texts.append(tokenizer.decode(ids, skip_special_tokens=True).strip())
     return texts
-
-
-def write_meta(directory: Path, meta: dict[str, Any]) -> None:
-    (directory / META_FILE).write_text(json.dumps({"format": 1, **meta}, indent=2) + "\n")

@@ -22,8 +22,7 @@ from torch import nn
 from modaltune.data.rows import Row
 from modaltune.errors import ConfigError
 from modaltune.tasks import vl
-from modaltune.tasks.base import Loaded, read_meta, register
-from modaltune.tasks.caption import VisionLanguageModel, check_generation, generation_options
+from modaltune.tasks.base import BackboneModel, Loaded, read_meta, register
 
 MAX_QUESTION_TOKENS = 40
 MAX_ANSWER_TOKENS = 16
@@ -61,7 +60,7 @@ class VqaTask(vl.StackedBlocksTask):
 
     def __init__(self, train_answers: list[str] | None = None, num_beams: int | None = None,
                  max_new_tokens: int | None = None, **options: Any) -> None:
-        check_generation(num_beams, max_new_tokens)
+        vl.check_generation(num_beams, max_new_tokens)
         #: Normalised answers of the training data, merged into a classifier's vocabulary.
         self.train_answers = list(train_answers) if train_answers else []
         self.num_beams = num_beams
@@ -92,10 +91,10 @@ class VqaTask(vl.StackedBlocksTask):
         else:
             raise ConfigError(f"model {source!r} ({type(model).__name__}) neither classifies answers nor "
                               "generates text; vqa supports ViLT-style classifiers and image-text generators")
-        generation_options(self, read_meta(Path(source)) if Path(source).is_dir() else None)
+        vl.generation_options(self, read_meta(Path(source)) if Path(source).is_dir() else None)
         if self.mode != "classifier":
             vl.check_generation_room(backbone, processor.tokenizer, self.max_new_tokens)
-        return Loaded(model=VisionLanguageModel(backbone), processor=processor, meta=self._meta())
+        return Loaded(model=BackboneModel(backbone), processor=processor, meta=self._meta())
 
     def _meta(self) -> dict[str, Any]:
         return {"mode": self.mode, "answers": self.answers}
@@ -137,7 +136,7 @@ class VqaTask(vl.StackedBlocksTask):
 
     def attach(self, other: Loaded) -> Loaded:
         self.mode, self.answers = other.meta.get("mode"), other.meta.get("answers")
-        generation_options(self, None)
+        vl.generation_options(self, None)
         return Loaded(model=other.model, processor=other.processor, meta=dict(other.meta))
 
     def save(self, loaded: Loaded, directory: Path) -> None:
