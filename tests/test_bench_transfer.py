@@ -6,6 +6,31 @@ import json
 
 import pytest
 
+from modaltune.bench_transfer import KEPT, aggregate_cell, summarise
+
+
+def _seed(seed, pick, targets, drops):
+    results = {name: {"target": t, "val": t, "old_task": 0.9 - d, "old_task_before": 0.9, "forgetting": d,
+                      "seconds": 1.0, "trainable_params": 10}
+               for name, t, d in zip(("linear-probe", "last-n-2", "full", KEPT), targets, drops)}
+    return {"seed": seed, "pick": pick, "measured_shift": {"shift": 0.5 + seed / 10}, "advice": {},
+            "results": results}
+
+
+def test_cells_average_over_seeds_and_score_each_seeds_own_pick():
+    seeds = [_seed(1, "linear-probe", (0.50, 0.60, 0.58, 0.58), (0.0, 0.2, 0.3, 0.05)),
+             _seed(2, "last-n-2", (0.52, 0.70, 0.66, 0.66), (0.0, 0.2, 0.3, 0.15))]
+    cell = aggregate_cell("far", "outline", 5, seeds)
+    assert cell["results"]["last-n-2"]["target"] == pytest.approx(0.65)
+    assert cell["results"]["last-n-2"]["target_sd"] == pytest.approx(0.0707107, abs=1e-6)
+    assert cell["best"] == "last-n-2" and cell["picks"] == ["linear-probe", "last-n-2"]
+    assert cell["pick_target"] == pytest.approx((0.50 + 0.70) / 2)  # each seed's own pick, averaged
+    assert not cell["pick_within_1_point"]
+    assert cell["measured_shift"]["shift"] == pytest.approx(0.65)
+    (f,) = summarise([cell])["forgetting"]
+    assert f["naive_drop"] == pytest.approx(0.3) and f["kept_drop"] == pytest.approx(0.1)
+    assert f["share"] == pytest.approx(1 / 3, abs=1e-4) and f["meets"]
+
 
 @pytest.mark.slow
 def test_bench_transfer_quick(tmp_path, run_cli):
@@ -23,6 +48,7 @@ def test_bench_transfer_quick(tmp_path, run_cli):
         assert 0.0 <= row["target"] <= 1.0 and 0.0 <= row["old_task"] <= 1.0
     assert cell["results"]["zero-shot"]["forgetting"] == 0.0
     assert cell["results"]["scratch"]["old_task_before"] is None
+    assert cell["picks"] == [cell["pick"]] and [s["seed"] for s in cell["per_seed"]] == cell["seeds"] == [0]
     summary = data["summary"]
     assert summary["cells"] == 1 and summary["forgetting"][0]["cell"] == cell["cell"]
     table = (out / "bench_transfer.md").read_text()

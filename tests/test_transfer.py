@@ -40,13 +40,13 @@ def _shift(value: float) -> dict:
     ("per_class", "shift", "strategy", "layers"),
     [
         (5, 0.2, "linear-probe", None),  # few examples, close task: head only
-        (5, 0.95, "last-n", 3),  # few but far: the features must move a little (a quarter of 12)
-        (50, 0.2, "last-n", 3),  # medium, close: a quarter
-        (50, 0.95, "last-n", 6),  # medium, far: half
-        (500, 0.2, "last-n", 6),  # plenty, close: the top half
-        (500, 0.95, "last-n", 9),  # plenty, far: three quarters
+        (5, 0.95, "last-n", 6),  # few but far: the features must move (half of 12)
+        (50, 0.2, "last-n", 6),  # medium, close: half
+        (50, 0.95, "last-n", 9),  # medium, far: three quarters
+        (500, 0.2, "last-n", 9),  # plenty, close: the top three quarters
+        (500, 0.95, "last-n", 9),  # plenty, far: three quarters, embeddings stay
         (6000, 0.95, "full", None),  # huge and far: everything
-        (6000, 0.2, "last-n", 6),  # huge but close: still the top half
+        (6000, 0.2, "last-n", 9),  # huge but close: still three quarters
     ],
 )
 def test_advisor_rules(per_class, shift, strategy, layers):

@@ -28,6 +28,17 @@ def _split_list(value: Optional[str]) -> Optional[list[str]]:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
 
 
+def _int_list(value: Optional[str], option: str) -> Optional[list[int]]:
+    items = _split_list(value)
+    if items is None:
+        return None
+    try:
+        return [int(v) for v in items]
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated whole numbers such as 1,2,4, got {value!r}",
+                                 param_hint=option) from None
+
+
 @app.command()
 def validate(
     task: str = typer.Option(..., help="classify | retrieve"),
@@ -220,7 +231,7 @@ def compare(
     from modaltune.config import build_config
     from modaltune.progress import TrainingProgress
 
-    layer_list = [int(v) for v in _split_list(layers) or []] or None
+    layer_list = _int_list(layers, "--layers")
     names = _split_list(strategies) or []
     cfg = build_config(config, task=task, model=model, data=data, val=val, epochs=epochs, batch_size=batch_size,
                        lr=lr, seed=seed, prompt_template=prompt_template, old_task=old_task,
@@ -308,11 +319,13 @@ def demo(
 def bench_transfer(
     output: Path = typer.Option(Path("bench-transfer-output"), help="where data, runs and results go"),
     quick: bool = typer.Option(False, "--quick", help="a tiny version (for tests)"),
+    seeds: str | None = typer.Option(None, help="comma-separated seeds to average over (default 1,2,3; "
+                                     "seed 0 calibrated the advisor)"),
 ) -> None:
     """The synthetic transfer benchmark: advisor pick vs every strategy, near/far shift x 5/50/500 per class."""
     from modaltune.bench_transfer import run_bench
 
-    run_bench(output, quick=quick, console=console)
+    run_bench(output, quick=quick, seeds=_int_list(seeds, "--seeds"), console=console)
 
 
 def main() -> None:
