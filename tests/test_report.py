@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from modaltune.metrics import classification_metrics
-from modaltune.report import plot_confusion_matrix, plot_history, plot_strategy_comparison, write_report
+from modaltune.plots import plot_confusion_matrix, plot_history, plot_strategy_comparison
+from modaltune.report import write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 EVIL = "<script>alert(1)</script>"

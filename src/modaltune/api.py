@@ -76,6 +76,7 @@ def device() -> torch.device:
 
 def train(cfg: TrainConfig, *, resume: bool = False, progress: Any = None) -> dict[str, Any]:
     """Run ``cfg`` end to end into ``cfg.output``; returns the metrics written to ``metrics.json``."""
+    from modaltune import plots
     from modaltune import report as reporting
     from modaltune.forgetting import Anchor, forgetting_report, load_old_task, score_old_task
     from modaltune.inference import evaluate_rows
@@ -186,9 +187,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Any = None) -> di
         },
     }
     run.write_json(run.metrics, metrics)
-    reporting.plot_history(run.read_history(), run.plots)
+    plots.plot_history(run.read_history(), run.plots)
     if "confusion_matrix" in final and splits.labels:
-        reporting.plot_confusion_matrix(final["confusion_matrix"], splits.labels, run.plots / "confusion_matrix.png")
+        plots.plot_confusion_matrix(final["confusion_matrix"], splits.labels, run.plots / "confusion_matrix.png")
     reporting.write_report(run.root, title=f"modaltune · {cfg.task} · {cfg.strategy}", config=cfg.model_dump(),
                            data_report=splits.report, metrics=metrics, history=run.read_history(),
                            sections=reporting.transfer_sections(metrics) + reporting.sample_sections(metrics))

@@ -104,7 +104,7 @@ def compare(base: TrainConfig, strategies: Sequence[str], *, layers: Sequence[in
             output: str | Path, console: Any = None, progress_factory: Any = None) -> list[dict[str, Any]]:
     """Train every variant into ``output/<name>`` with ``base``'s data, seed and budget; write
     ``output/comparison.json``, a plot and ``output/report.html``; return the rows."""
-    from modaltune import api
+    from modaltune import api, plots
     from modaltune import report as reporting
 
     output = Path(output)
@@ -149,10 +149,10 @@ def compare(base: TrainConfig, strategies: Sequence[str], *, layers: Sequence[in
             console.print(f"{variant.name}: {primary} {row['target']:.4f} in {seconds:.1f}s")
     output.mkdir(parents=True, exist_ok=True)
     (output / COMPARISON_FILE).write_text(json.dumps(rows, indent=2) + "\n")
-    plots = output / "plots"
-    reporting.plot_strategy_comparison(
+    plot_dir = output / "plots"
+    plots.plot_strategy_comparison(
         [{"strategy": r["name"], "target accuracy": r["target"], "trainable params": r["trainable_params"],
-          "seconds": r["seconds"]} for r in rows], plots / "comparison.png", metric_key="target accuracy")
+          "seconds": r["seconds"]} for r in rows], plot_dir / "comparison.png", metric_key="target accuracy")
     reporting.write_report(
         output, title=f"modaltune compare · {base.task}", config=base.model_dump(), data_report=None,
         metrics={}, history=[], sections=[("Strategy comparison", comparison_html(rows))])

@@ -444,7 +444,8 @@ def write_outputs(output: Path, results: list[dict[str, Any]], base: BaseModel, 
                   vision_language: list[dict[str, Any]] | None = None) -> None:
     """``demo_results.json``, ``plots/`` and ``report.html`` in ``output``."""
     from modaltune.demo_vl import vl_html
-    from modaltune.report import plot_strategy_comparison, write_report
+    from modaltune.plots import plot_strategy_comparison
+    from modaltune.report import write_report
 
     (output / "demo_results.json").write_text(json.dumps(results, indent=2) + "\n")
     if vision_language:

@@ -1,8 +1,4 @@
-"""Plots (PNG) and the one-page ``report.html`` of a run directory.
-
-Plots are drawn on ``matplotlib.figure.Figure`` objects with the Agg canvas instead of through
-``pyplot``: that needs no display, never switches the backend of a user's notebook or GUI, keeps
-no global figure registry (nothing to leak or close) and is safe to call from the serve thread.
+"""The one-page ``report.html`` of a run directory (its plots come from ``plots.py``).
 
 ``report.html`` is self-contained (inline CSS, images as base64 data URIs, no scripts) so it can
 be mailed or attached to a ticket, and everything from configs, labels or data is HTML-escaped
@@ -14,202 +10,21 @@ from __future__ import annotations
 import base64
 import math
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from numbers import Integral, Number, Real
+from numbers import Integral, Real
 from pathlib import Path
 from typing import Any
 
 import jinja2
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+
+from modaltune.plots import is_number, metric_names, plot_history, series
 
 PLOTS_DIR = "plots"
 REPORT_FILE = "report.html"
-#: History keys that are axes, not series.
-_AXIS_KEYS = {"step", "epoch", "kind"}
-#: Above this many classes the confusion matrix drops its per-cell numbers (they would overlap).
-_ANNOTATE_MAX_CLASSES = 30
 #: Images shown first in the report, in this order; any other PNG follows alphabetically.
 _PLOT_ORDER = ["loss", "lr", "metrics", "confusion_matrix", "comparison"]
 _CAPTIONS = {"lr": "Learning rate", "metrics": "Validation metrics"}
-
-
-# --------------------------------------------------------------------------- plotting helpers
-
-
-def _figure(width: float, height: float) -> Figure:
-    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)  # attaches itself to fig: rendering never goes through pyplot
-    return fig
-
-
-def _save(fig: Figure, path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
-    return path
-
-
-def _is_number(value: Any) -> bool:
-    # bool is an int subclass but a flag, not a series; NaN/inf would break axis limits.
-    return isinstance(value, Number) and not isinstance(value, bool) and math.isfinite(float(value))
-
-
-def _series(rows: Iterable[Mapping[str, Any]], key: str) -> tuple[list[float], list[float]]:
-    """(steps, values) of ``key`` over the rows that have a numeric value for it."""
-    xs, ys = [], []
-    for i, row in enumerate(rows):
-        if _is_number(row.get(key)):
-            xs.append(float(row.get("step", i)))
-            ys.append(float(row[key]))
-    return xs, ys
-
-
-def _short(label: str, limit: int = 24) -> str:
-    label = str(label)
-    return label if len(label) <= limit else label[: limit - 1] + "…"
-
-
-# --------------------------------------------------------------------------- plots
-
-
-def plot_history(history: list[dict], out: Path) -> list[Path]:
-    """Training curves from ``history.jsonl`` rows into the folder ``out``; returns the files written.
-
-    Rows with ``kind == "step"`` (or no kind) are training steps, rows with ``kind == "eval"``
-    are evaluations; any other kind is ignored. Writes ``loss.png`` (train ``loss`` and eval
-    ``val_loss``), ``lr.png`` and ``metrics.png`` (one panel per other numeric eval key),
-    skipping any plot that has no data.
-    """
-    steps = [r for r in history if r.get("kind", "step") == "step"]
-    evals = [r for r in history if r.get("kind") == "eval"]
-    out = Path(out)
-    written: list[Path] = []
-
-    train_loss, val_loss = _series(steps, "loss"), _series(evals, "val_loss")
-    if train_loss[0] or val_loss[0]:
-        fig = _figure(7, 4)
-        ax = fig.add_subplot()
-        if train_loss[0]:
-            ax.plot(*train_loss, label="train loss", linewidth=1.2)
-        if val_loss[0]:
-            ax.plot(*val_loss, marker="o", label="val loss", linewidth=1.5)
-        ax.set(xlabel="step", ylabel="loss", title="Loss")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        written.append(_save(fig, out / "loss.png"))
-
-    lr = _series(steps, "lr")
-    if lr[0]:
-        fig = _figure(7, 3)
-        ax = fig.add_subplot()
-        ax.plot(*lr, linewidth=1.2)
-        ax.set(xlabel="step", ylabel="learning rate", title="Learning rate")
-        ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
-        ax.grid(alpha=0.3)
-        written.append(_save(fig, out / "lr.png"))
-
-    names = _metric_names(evals)
-    if names:
-        written.append(_save(_metric_panels(evals, names), out / "metrics.png"))
-    return written
-
-
-def _metric_names(evals: list[dict]) -> list[str]:
-    """Numeric eval keys in first-seen order; val_loss already has its place in loss.png."""
-    names: dict[str, None] = {}
-    for row in evals:
-        for key, value in row.items():
-            if key not in _AXIS_KEYS and key != "val_loss" and _is_number(value):
-                names[key] = None
-    return list(names)
-
-
-def _metric_panels(evals: list[dict], names: list[str]) -> Figure:
-    # One small panel per metric: metrics live on different scales (accuracy vs seconds).
-    cols = min(3, len(names))
-    rows = math.ceil(len(names) / cols)
-    fig = _figure(3.6 * cols, 2.8 * rows)
-    for i, name in enumerate(names):
-        ax = fig.add_subplot(rows, cols, i + 1)
-        ax.plot(*_series(evals, name), marker="o", linewidth=1.5)
-        ax.set_title(_short(name, 40), fontsize=10)
-        ax.set_xlabel("step", fontsize=8)
-        ax.tick_params(labelsize=8)
-        ax.grid(alpha=0.3)
-    fig.suptitle("Validation metrics")
-    return fig
-
-
-def plot_confusion_matrix(cm: list[list[int]], labels: list[str], out_file: Path) -> Path:
-    """Confusion matrix heat map, rows = true class, columns = predicted, with counts in the cells.
-
-    Up to 30 classes every cell is annotated (font shrinking with the class count); beyond that
-    only the colours remain, since numbers would overlap.
-    """
-    n = len(labels)
-    if len(cm) != n or any(len(row) != n for row in cm):
-        raise ValueError(f"confusion matrix must be {n}×{n} to match the labels")
-    side = min(4 + 0.35 * n, 20)
-    fig = _figure(side + 1.5, side)
-    ax = fig.add_subplot()
-    image = ax.imshow(cm, cmap="Blues", interpolation="nearest")
-    fig.colorbar(image, ax=ax, shrink=0.8)
-
-    tick_size = max(5, 10 - n // 8)
-    names = [_short(label) for label in labels]
-    ax.set_xticks(range(n), names, rotation=45 if n <= 10 else 90, ha="right" if n <= 10 else "center",
-                  fontsize=tick_size)
-    ax.set_yticks(range(n), names, fontsize=tick_size)
-    ax.set(xlabel="predicted", ylabel="true", title="Confusion matrix")
-
-    if n <= _ANNOTATE_MAX_CLASSES:
-        peak = max((v for row in cm for v in row), default=0)
-        font = max(6, 12 - n // 4)
-        for i, row in enumerate(cm):
-            for j, count in enumerate(row):
-                # White on dark cells, black on light ones, so every count stays legible.
-                colour = "white" if peak and count > peak / 2 else "black"
-                ax.text(j, i, str(count), ha="center", va="center", fontsize=font, color=colour)
-    return _save(fig, out_file)
-
-
-def plot_strategy_comparison(
-    rows: list[dict], out_file: Path, metric_key: str, label_key: str = "strategy"
-) -> Path | None:
-    """Horizontal bars of ``metric_key`` per strategy, each bar labelled with its value.
-
-    A second panel shows ``seconds`` when the rows have it (the cost side of the trade-off).
-    Rows without a numeric ``metric_key`` (a failed strategy) are left out; returns None when
-    no row has one.
-    """
-    rows = [r for r in rows if _is_number(r.get(metric_key))]
-    if not rows:
-        return None
-    names = [_short(r.get(label_key, "?"), 30) for r in rows]
-    with_time = any(_is_number(r.get("seconds")) for r in rows)
-    height = 1.2 + 0.45 * len(rows)
-    fig = _figure(10 if with_time else 6.5, height)
-    panels = fig.subplots(1, 2 if with_time else 1, sharey=True, squeeze=False)[0]
-
-    _bars(panels[0], names, [float(r[metric_key]) for r in rows], metric_key, "{:.4f}")
-    if with_time:
-        seconds = [float(r["seconds"]) if _is_number(r.get("seconds")) else 0.0 for r in rows]
-        _bars(panels[1], names, seconds, "seconds", "{:.1f}s", colour="tab:gray")
-    panels[0].invert_yaxis()  # first strategy on top, in the order given
-    return _save(fig, out_file)
-
-
-def _bars(
-    ax: Any, names: list[str], values: list[float], title: str, fmt: str, colour: str = "tab:blue"
-) -> None:
-    bars = ax.barh(range(len(names)), values, color=colour)
-    ax.set_yticks(range(len(names)), names)
-    ax.bar_label(bars, labels=[fmt.format(v) for v in values], padding=3, fontsize=8)
-    ax.set_xlim(0, max(values + [1e-9]) * 1.2)  # room for the value labels
-    ax.set_title(title)
-    ax.grid(axis="x", alpha=0.3)
 
 
 # --------------------------------------------------------------------------- report.html
@@ -335,7 +150,7 @@ def _fmt(value: Any) -> str:
 
 
 def _cell(value: Any, cls: str = "") -> dict:
-    if not cls and _is_number(value):
+    if not cls and is_number(value):
         cls = "num"
     return {"text": _fmt(value), "cls": cls}
 
@@ -376,7 +191,7 @@ def _metric_tables(metrics: Mapping[str, Any]) -> list[_Table]:
         if name == "per_class" and all(isinstance(v, Mapping) for v in value.values()):
             tables.append(_records_table("Per class", value, "class"))
             continue
-        shared = [k for k, v in value.items() if _is_number(v) and _is_number(scalars.get(k))]
+        shared = [k for k, v in value.items() if is_number(v) and is_number(scalars.get(k))]
         if shared:
             tables.append(_comparison_table(name, value, scalars, shared))
         else:
@@ -425,15 +240,15 @@ def _training_tables(history: list[dict]) -> list[_Table]:
     summary: list[tuple[str, Any]] = [("logged steps", len(steps)), ("evaluations", len(evals))]
     last = history[-1]
     for key in ("step", "epoch"):
-        if _is_number(last.get(key)):
+        if is_number(last.get(key)):
             summary.append((f"last {key}", last[key]))
     for key in ("loss", "lr"):
-        xs, ys = _series(steps, key)
+        xs, ys = series(steps, key)
         if ys:
             summary.append((f"last train {key}", ys[-1]))
     tables = [_Table("", ["", "value"], [[_cell(k), _cell(v)] for k, v in summary])]
     if evals:
-        names = (["val_loss"] if any("val_loss" in r for r in evals) else []) + _metric_names(evals)
+        names = (["val_loss"] if any("val_loss" in r for r in evals) else []) + metric_names(evals)
         rows = [[_cell(r.get("step", "")), _cell(r.get("epoch", ""))] + [_cell(r.get(n, "")) for n in names]
                 for r in evals]
         tables.append(_Table("Evaluations", ["step", "epoch", *names], rows))
