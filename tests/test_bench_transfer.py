@@ -27,9 +27,11 @@ def test_cells_average_over_seeds_and_score_each_seeds_own_pick():
     assert cell["pick_target"] == pytest.approx((0.50 + 0.70) / 2)  # each seed's own pick, averaged
     assert not cell["pick_within_1_point"]
     assert cell["measured_shift"]["shift"] == pytest.approx(0.65)
-    (f,) = summarise([cell])["forgetting"]
+    summary = summarise([cell])
+    (f,) = summary["forgetting"]
     assert f["naive_drop"] == pytest.approx(0.3) and f["kept_drop"] == pytest.approx(0.1)
     assert f["share"] == pytest.approx(1 / 3, abs=1e-4) and f["meets"]
+    assert summary["forgetting_cells_met"] == 1 and summary["forgetting_overall"]["meets"]
 
 
 @pytest.mark.slow
@@ -53,3 +55,15 @@ def test_bench_transfer_quick(tmp_path, run_cli):
     assert summary["cells"] == 1 and summary["forgetting"][0]["cell"] == cell["cell"]
     table = (out / "bench_transfer.md").read_text()
     assert "advisor pick" in table and cell["cell"] in table
+
+    # Re-measuring one row keeps every other row, the data and the advice as they were.
+    result = run_cli("bench-transfer", "--quick", "--output", str(out), "--rerun", KEPT)
+    assert result.returncode == 0, result.stderr
+    again = json.loads((out / "bench_transfer.json").read_text())
+    (cell2,) = again["cells"]
+    assert {k: v for k, v in cell2["results"].items() if k != KEPT} == \
+        {k: v for k, v in cell["results"].items() if k != KEPT}
+    assert cell2["per_seed"][0]["advice"] == cell["per_seed"][0]["advice"]
+    assert again["rerun"][0]["rows"] == [KEPT] and "Re-run at" in (out / "bench_transfer.md").read_text()
+    bad = run_cli("bench-transfer", "--quick", "--output", str(out), "--rerun", "nonsense")
+    assert bad.returncode != 0 and "no row named nonsense" in bad.stderr and "Traceback" not in bad.stderr

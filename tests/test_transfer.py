@@ -220,6 +220,13 @@ def test_choose_alpha_rules():
     assert choose_alpha(sweep, max_forgetting=None)[0] == 0.8  # within tolerance of the best, forgets less
     no_old = [dict(e, drop=None) for e in sweep]
     assert choose_alpha(no_old, max_forgetting=None)[0] == 1.0
+    # Rehearsal kept the old task at or above the base: no alpha forgets, so the most fine-tuned of
+    # the equally good ones wins (not the one that lifts the old task furthest above the base).
+    kept = [{"alpha": 0.0, "target": 0.50, "drop": 0.0}, {"alpha": 0.5, "target": 0.705, "drop": -0.04},
+            {"alpha": 0.9, "target": 0.709, "drop": -0.01}, {"alpha": 1.0, "target": 0.71, "drop": 0.003}]
+    assert choose_alpha(kept, max_forgetting=None)[0] == 1.0
+    assert choose_alpha([dict(e, drop=0.02 if e["alpha"] == 1.0 else e["drop"]) for e in kept],
+                        max_forgetting=None)[0] == 0.9  # a real drop still loses to none
 
 
 # --------------------------------------------------------------------------- end to end

@@ -92,17 +92,24 @@ def variant_name(strategy: str, layers: int | None) -> str:
 
 
 def run_bench(output: Path, *, quick: bool = False, seeds: Sequence[int] | None = None,
-              console: Console | None = None) -> dict[str, Any]:
-    """Run the whole benchmark into ``output``; returns (and writes) the results."""
+              rerun: Sequence[str] | None = None, console: Console | None = None) -> dict[str, Any]:
+    """Run the whole benchmark into ``output``; returns (and writes) the results.
+
+    ``rerun`` re-measures only the named rows (e.g. ``full+replay+wise-ft`` after a change to
+    WiSE-FT) on the data, seeds and advice of the finished benchmark already in ``output``, and
+    keeps every other row as measured; the result says which rows were re-run."""
     from modaltune.demo import FULL_BASE, QUICK_BASE, _quiet_transformers, ensure_base_model
 
     console = console or Console(stderr=True)
     full_spec, quick_spec = _specs()
     spec, base_spec = (quick_spec, QUICK_BASE) if quick else (full_spec, FULL_BASE)
-    if seeds:
-        spec = replace(spec, seeds=tuple(seeds))
     output = Path(output)
-    if (output / "bench_transfer.json").exists():
+    previous = _previous(output, rerun) if rerun else None
+    if previous is not None:
+        spec = replace(spec, seeds=tuple(previous["spec"]["seeds"]))
+    elif seeds:
+        spec = replace(spec, seeds=tuple(seeds))
+    if previous is None and (output / "bench_transfer.json").exists():
         shutil.rmtree(output / "data", ignore_errors=True)
         shutil.rmtree(output / "runs", ignore_errors=True)
     output.mkdir(parents=True, exist_ok=True)
@@ -115,22 +122,54 @@ def run_bench(output: Path, *, quick: bool = False, seeds: Sequence[int] | None 
             for size in spec.sizes:
                 runs = []
                 for seed in spec.seeds:
-                    old = _write_old_task(spec, base_spec, output / "data" / f"old-s{seed}", seed)
+                    before = None if previous is None else _seed_of(previous, f"{shift_name}-{size}", seed)
+                    old = output / "data" / f"old-s{seed}"
+                    if before is None:
+                        old = _write_old_task(spec, base_spec, old, seed)
                     runs.append(run_seed(spec, base_spec, base.model, old, shift_name, style, size, seed,
-                                         output, console=console))
+                                         output, console=console, previous=before, only=rerun))
                 cells.append(aggregate_cell(shift_name, style, size, runs))
+    seconds = round(time.perf_counter() - started, 1)
     result = {
         "machine": _machine(),
         "base_model": {"dir": str(base.model), "spec": asdict(base_spec), "cached": base.cached},
         "spec": asdict(spec),
         "cells": cells,
         "summary": summarise(cells),
-        "seconds": round(time.perf_counter() - started, 1),
+        "seconds": seconds if previous is None else previous["seconds"],
     }
+    if previous is not None:
+        result["rerun"] = previous.get("rerun", []) + [
+            {"rows": list(rerun), "seconds": seconds, "at": time.strftime("%Y-%m-%d %H:%M")}]
     (output / "bench_transfer.json").write_text(json.dumps(result, indent=2) + "\n")
     (output / "bench_transfer.md").write_text(markdown(result))
     console.print(markdown(result), markup=False, highlight=False)
     return result
+
+
+def _previous(output: Path, rerun: Sequence[str]) -> dict[str, Any]:
+    from modaltune.errors import ConfigError
+
+    path = output / "bench_transfer.json"
+    if not path.exists():
+        raise ConfigError(f"--rerun needs a finished benchmark in {output} (no {path.name} there); "
+                          "run the whole benchmark first")
+    previous = json.loads(path.read_text())
+    known = set(previous["cells"][0]["results"]) if previous["cells"] else set()
+    unknown = sorted(set(rerun) - known)
+    if unknown:
+        raise ConfigError(f"--rerun: no row named {', '.join(unknown)}; the rows are {', '.join(sorted(known))}")
+    return previous
+
+
+def _seed_of(previous: dict[str, Any], cell: str, seed: int) -> dict[str, Any]:
+    from modaltune.errors import ConfigError
+
+    for c in previous["cells"]:
+        for s in c.get("per_seed", []):
+            if c["cell"] == cell and s["seed"] == seed:
+                return s
+    raise ConfigError(f"--rerun: the finished benchmark has no cell {cell} at seed {seed}; run it whole again")
 
 
 def _write_old_task(spec: BenchSpec, base_spec: Any, root: Path, seed: int) -> Path:
@@ -145,33 +184,42 @@ def _write_old_task(spec: BenchSpec, base_spec: Any, root: Path, seed: int) -> P
 
 
 def run_seed(spec: BenchSpec, base_spec: Any, base_model: Path, old: Path, shift_name: str, style: str,
-             size: int, seed: int, output: Path, *, console: Console) -> dict[str, Any]:
+             size: int, seed: int, output: Path, *, console: Console, previous: dict[str, Any] | None = None,
+             only: Sequence[str] | None = None) -> dict[str, Any]:
     """One (shift, size) cell at one seed: its own data draw, the advisor's pick, every strategy,
-    and rehearsal + WiSE-FT."""
+    and rehearsal + WiSE-FT. With ``previous`` (this seed's earlier result), only the rows named in
+    ``only`` train again, on the same data and epochs."""
     from modaltune.api import advise, evaluate, train
     from modaltune.config import build_config
     from modaltune.data.synthetic import write_classification_folder
 
     cell = f"{shift_name}-{size}"
     data = output / "data" / f"{cell}-s{seed}"
-    if data.exists():
-        shutil.rmtree(data)
-    # Val/test streams are keyed by seed, split and label, so the cells of a shift share them.
-    write_classification_folder(
-        data, classes=spec.classes, attribute="shape", seed=seed, style=style,
-        per_class={"train": size, "val": spec.val_per_class, "test": spec.test_per_class},
-        image_size=base_spec.image_size)
+    if previous is None:
+        if data.exists():
+            shutil.rmtree(data)
+        # Val/test streams are keyed by seed, split and label, so the cells of a shift share them.
+        write_classification_folder(
+            data, classes=spec.classes, attribute="shape", seed=seed, style=style,
+            per_class={"train": size, "val": spec.val_per_class, "test": spec.test_per_class},
+            image_size=base_spec.image_size)
     console.rule(f"[bold]{cell}, seed {seed}: {len(spec.classes)} shapes in style {style!r}, {size} per class")
-    advice = advise("classify", str(base_model), str(data), batch_size=spec.batch_size, seed=seed,
-                    prompt_template=spec.prompt_template, reference=str(old))
-    pick = variant_name(advice.strategy, advice.layers)
-    console.print(f"advisor: {pick} (shift {advice.inputs['shift']['shift']:.2f})")
+    if previous is None:
+        advice = advise("classify", str(base_model), str(data), batch_size=spec.batch_size, seed=seed,
+                        prompt_template=spec.prompt_template, reference=str(old))
+        pick, shift, advice_dict, epochs = (variant_name(advice.strategy, advice.layers), advice.inputs["shift"],
+                                            advice.to_dict(), advice.epochs)
+    else:
+        pick, shift, advice_dict = previous["pick"], previous["measured_shift"], previous["advice"]
+        epochs = advice_dict["epochs"]
+    console.print(f"advisor: {pick} (shift {shift['shift']:.2f})")
     runs = output / "runs" / cell / f"s{seed}"
     results: dict[str, dict[str, Any]] = {}
 
     def run(name: str, **kw: Any) -> dict[str, Any]:
+        shutil.rmtree(runs / name, ignore_errors=True)  # a re-run row measures afresh
         cfg = build_config(task="classify", model=str(base_model), data=str(data), output=str(runs / name),
-                           epochs=advice.epochs, batch_size=spec.batch_size, seed=seed,
+                           epochs=epochs, batch_size=spec.batch_size, seed=seed,
                            prompt_template=spec.prompt_template, keep_last=1, old_task=str(old),
                            zero_shot_baseline=False, **kw)
         tick = time.perf_counter()
@@ -187,13 +235,20 @@ def run_seed(spec: BenchSpec, base_spec: Any, base_model: Path, old: Path, shift
                       f"· {row['seconds']:.0f}s")
         return row
 
+    def wanted(name: str) -> bool:
+        if previous is not None and name not in (only or ()):
+            results[name] = previous["results"][name]
+            return False
+        return True
+
     for strategy, layers in _variants(base_spec):
-        results[variant_name(strategy, layers)] = run(
-            variant_name(strategy, layers), strategy=strategy, layers=layers, lr=spec.lrs.get(strategy))
-    results[KEPT] = run("full-replay-wise-ft", strategy="full", lr=spec.lrs.get("full"), replay=str(old),
-                        wise_ft="auto")
-    return {"seed": seed, "pick": pick, "measured_shift": advice.inputs["shift"], "advice": advice.to_dict(),
-            "results": results}
+        name = variant_name(strategy, layers)
+        if wanted(name):
+            results[name] = run(name, strategy=strategy, layers=layers, lr=spec.lrs.get(strategy))
+    if wanted(KEPT):
+        results[KEPT] = run("full-replay-wise-ft", strategy="full", lr=spec.lrs.get("full"), replay=str(old),
+                            wise_ft="auto")
+    return {"seed": seed, "pick": pick, "measured_shift": shift, "advice": advice_dict, "results": results}
 
 
 def _variants(base_spec: Any) -> list[tuple[str, int | None]]:
@@ -248,8 +303,17 @@ def summarise(cells: list[dict[str, Any]]) -> dict[str, Any]:
             "meets": ok_target and (kept["forgetting"] <= ACCEPT_FORGETTING_SHARE * max(naive["forgetting"], 0.0)
                                     + 1e-9),
         })
+    overall = None
+    if forgetting and all(f["naive_drop"] is not None and f["kept_drop"] is not None for f in forgetting):
+        keys = ("naive_drop", "kept_drop", "target_naive", "target_kept")
+        naive_drop, kept_drop, target_naive, target_kept = (statistics.fmean(f[k] for f in forgetting) for k in keys)
+        overall = {"naive_drop": round(naive_drop, 6), "kept_drop": round(kept_drop, 6),
+                   "target_naive": round(target_naive, 6), "target_kept": round(target_kept, 6),
+                   "meets": target_kept >= target_naive - ACCEPT_POINTS - 1e-9
+                   and kept_drop <= ACCEPT_FORGETTING_SHARE * max(naive_drop, 0.0) + 1e-9}
     return {"advisor_hits": hits, "cells": len(cells), "advisor_accepted": hits >= len(cells) - 1,
-            "forgetting": forgetting}
+            "forgetting": forgetting, "forgetting_cells_met": sum(f["meets"] for f in forgetting),
+            "forgetting_overall": overall}
 
 
 def _machine() -> dict[str, Any]:
@@ -292,6 +356,16 @@ def markdown(result: dict[str, Any]) -> str:
         share = "n/a" if f["share"] is None else f"{f['share']:.2f}"
         lines.append(f"| {f['cell']} | {f['naive_drop']:+.3f} | {f['kept_drop']:+.3f} | {share} | "
                      f"{f['target_naive']:.3f} -> {f['target_kept']:.3f} | {'yes' if f['meets'] else 'no'} |")
+    if s.get("forgetting_overall"):
+        o = s["forgetting_overall"]
+        lines.append(f"| mean of the cells | {o['naive_drop']:+.3f} | {o['kept_drop']:+.3f} | "
+                     f"{o['kept_drop'] / o['naive_drop'] if o['naive_drop'] > 0 else float('nan'):.2f} | "
+                     f"{o['target_naive']:.3f} -> {o['target_kept']:.3f} | {'yes' if o['meets'] else 'no'} |")
+    lines.append(f"\nRehearsal + WiSE-FT meets the criterion in {s['forgetting_cells_met']} of "
+                 f"{len(s['forgetting'])} cells.")
+    for r in result.get("rerun", []):
+        lines.append(f"Re-run at {r['at']} with the code of that time ({r['seconds']:.0f}s): {', '.join(r['rows'])}; "
+                     "every other row as first measured.")
     m = result["machine"]
     lines += ["", f"Machine: {m['platform']}, {m['cpus']} CPUs ({m['threads']} torch threads), "
               f"torch {m['torch']}, GPU {m['gpu'] or 'none'}; total {result['seconds']:.0f}s."]

@@ -321,11 +321,13 @@ def bench_transfer(
     quick: bool = typer.Option(False, "--quick", help="a tiny version (for tests)"),
     seeds: str | None = typer.Option(None, help="comma-separated seeds to average over (default 1,2,3; "
                                      "seed 0 calibrated the advisor)"),
+    rerun: Optional[str] = typer.Option(None, help="re-measure only these rows (comma-separated, e.g. "
+                                        "full+replay+wise-ft) of the finished benchmark in --output"),
 ) -> None:
     """The synthetic transfer benchmark: advisor pick vs every strategy, near/far shift x 5/50/500 per class."""
     from modaltune.bench_transfer import run_bench
 
-    run_bench(output, quick=quick, seeds=_int_list(seeds, "--seeds"), console=console)
+    run_bench(output, quick=quick, seeds=_int_list(seeds, "--seeds"), rerun=_split_list(rerun), console=console)
 
 
 def main() -> None:

@@ -26,7 +26,8 @@ from modaltune.tasks.base import Loaded, Task, create_task, family_tasks, task_c
 #: WiSE-FT auto: the mixing coefficients tried (0 = base weights, 1 = fine-tuned weights).
 WISE_FT_GRID = tuple(round(0.1 * i, 1) for i in range(11))
 #: WiSE-FT auto without a forgetting budget: alphas whose target score is within this of the best
-#: count as equally good, and the one that forgets least among them wins.
+#: count as equally good, and the one that forgets least among them wins; old-task drops within
+#: this of each other are ties too, won by the largest alpha (the most of the fine-tuning).
 WISE_FT_TOLERANCE = 0.005
 
 
@@ -238,9 +239,14 @@ def choose_alpha(sweep: list[dict[str, Any]], *, max_forgetting: float | None) -
     top = max(e["target"] for e in sweep)
     close = [e for e in sweep if e["target"] >= top - WISE_FT_TOLERANCE]
     if with_drop:
-        best = min(close, key=lambda e: (e["drop"], -e["alpha"]))
-        return best["alpha"], (f"least old-task drop among the alphas within {WISE_FT_TOLERANCE} of the "
-                               "best target score")
+        # An old-task score above the base's is no forgetting, not "less" of it: chasing it would only
+        # trade target score away (rehearsal often lifts the old task above the base).
+        forgets = {e["alpha"]: max(e["drop"], 0.0) for e in close}
+        least = min(forgets.values())
+        best = max((e for e in close if forgets[e["alpha"]] <= least + WISE_FT_TOLERANCE), key=lambda e: e["alpha"])
+        return best["alpha"], (f"least old-task drop (none counts as zero; within {WISE_FT_TOLERANCE} is a tie, "
+                               f"won by the larger alpha) among the alphas within {WISE_FT_TOLERANCE} of the best "
+                               "target score")
     best = max(close, key=lambda e: (e["target"], e["alpha"]))
     return best["alpha"], "best target score on validation data"
 
