@@ -319,7 +319,7 @@ def demo(
 def bench_transfer(
     output: Path = typer.Option(Path("bench-transfer-output"), help="where data, runs and results go"),
     quick: bool = typer.Option(False, "--quick", help="a tiny version (for tests)"),
-    seeds: str | None = typer.Option(None, help="comma-separated seeds to average over (default 1,2,3; "
+    seeds: Optional[str] = typer.Option(None, help="comma-separated seeds to average over (default 1,2,3; "
                                      "seed 0 calibrated the advisor)"),
     rerun: Optional[str] = typer.Option(None, help="re-measure only these rows (comma-separated, e.g. "
                                         "full+replay+wise-ft) of the finished benchmark in --output"),
