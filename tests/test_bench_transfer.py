@@ -50,6 +50,8 @@ def test_bench_transfer_quick(tmp_path, run_cli):
         assert 0.0 <= row["target"] <= 1.0 and 0.0 <= row["old_task"] <= 1.0
     assert cell["results"]["zero-shot"]["forgetting"] == 0.0
     assert cell["results"]["scratch"]["old_task_before"] is None
+    # The kept row rehearses at the advisor's ratio for the cell's data size (3 per class: 50/50).
+    assert cell["results"][KEPT]["replay_ratio"] == [cell["per_seed"][0]["advice"]["replay_ratio"]] == [0.5]
     assert cell["picks"] == [cell["pick"]] and [s["seed"] for s in cell["per_seed"]] == cell["seeds"] == [0]
     summary = data["summary"]
     assert summary["cells"] == 1 and summary["forgetting"][0]["cell"] == cell["cell"]

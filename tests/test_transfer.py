@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from modaltune.advisor import FEW, HUGE, MANY, NEAR, DataFacts, ModelFacts, advise
-from modaltune.api import train
+from modaltune.api import follow_advice, train
 from modaltune.config import build_config
 from modaltune.data import load_dataset
 from modaltune.errors import ConfigError
@@ -77,6 +77,30 @@ def test_advisor_prefers_lora_for_huge_models_and_clamps_epochs():
     assert advice.strategy == "lora" and any("LoRA" in r for r in advice.reasons)
     assert advise(DataFacts(10, 2, 5), SMALL, _shift(0.5), batch_size=16).epochs == 30
     assert advise(DataFacts(1_000_000, 10, 100_000), SMALL, _shift(0.5), batch_size=16).epochs == 3
+
+
+def test_advisor_replay_ratio_is_the_50_50_rule_until_plenty_of_data_and_never_grows_with_it():
+    def ratio(per_class):
+        return advise(DataFacts(per_class * 10, 10, per_class), SMALL, _shift(0.5)).replay_ratio
+
+    assert ratio(5) == ratio(MANY - 1) == 0.5
+    assert ratio(MANY) == ratio(HUGE) == 0.2
+    ratios = [ratio(n) for n in (2, FEW, MANY - 1, MANY, HUGE)]
+    assert ratios == sorted(ratios, reverse=True)
+    plenty = advise(DataFacts(MANY * 10, 10, MANY), SMALL, _shift(0.5))
+    assert any("--replay-ratio 0.2" in r and "one old row per 4 target rows" in r for r in plenty.reasons)
+
+
+def test_strategy_auto_fills_in_only_what_the_user_left_unset(tiny_clip, shape_folder, tmp_path):
+    advice = advise(DataFacts(MANY * 10, 10, MANY), SMALL, _shift(0.5))
+    rehearsing = _cfg(tiny_clip, shape_folder, tmp_path, "a", strategy="auto", replay=str(shape_folder), lr=None)
+    followed = follow_advice(rehearsing, advice)
+    assert (followed.strategy, followed.layers, followed.lr, followed.replay_ratio) == (
+        advice.strategy, advice.layers, advice.lr, 0.2)
+    given = follow_advice(rehearsing.model_copy(update={"replay_ratio": 0.4, "lr": 0.123}), advice)
+    assert (given.replay_ratio, given.replay_share, given.lr) == (0.4, 0.4, 0.123)
+    plain = follow_advice(_cfg(tiny_clip, shape_folder, tmp_path, "b", strategy="auto"), advice)
+    assert plain.replay_ratio is None and plain.replay_share == 0.5  # nothing rehearsed, nothing set
 
 
 # --------------------------------------------------------------------------- shift measures

@@ -216,6 +216,7 @@ def test_transfer_tools_work_for_captioning(tiny_blip_caption, multi_caption_man
     assert forgetting["task"] == "caption" and forgetting["metric"] == "cider" and forgetting["rows"] == 12
     assert forgetting["drop"] == pytest.approx(forgetting["before"] - forgetting["after"], abs=1e-6)
     assert len(metrics["wise_ft"]["sweep"]) == 11 and metrics["replay"]["task"] == "caption"
+    assert metrics["replay"]["ratio"] == metrics["advice"]["replay_ratio"] == 0.5  # advised: few rows, 50/50
 
 
 def test_long_texts_are_truncated_to_the_model_and_oversized_generation_is_refused(tiny_blip_caption, tiny_git,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -14,6 +14,9 @@ from modaltune.data.rows import Row
 from modaltune.errors import ConfigError, DataError
 from modaltune.run import RunDir, resolve_model_dir
 from modaltune.tasks.base import Loaded, Task, create_task, read_meta, task_class
+
+if TYPE_CHECKING:
+    from modaltune.advisor import Advice
 
 
 @dataclass
@@ -109,11 +112,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Any = None) -> di
         # Advised from the base model as it is; config.yaml keeps `auto`, so a rerun advises again.
         loaded = task.load(cfg.model, trust_remote_code=cfg.trust_remote_code)
         advice = advise_for(cfg, task, loaded, splits)
-        cfg = cfg.model_copy(update={
-            "strategy": advice.strategy, "layers": advice.layers,
-            "lr": cfg.lr if cfg.lr is not None else advice.lr,
-            "epochs": cfg.epochs if cfg.epochs is not None else advice.epochs,
-        })
+        cfg = follow_advice(cfg, advice)
         if advice.strategy == "scratch":
             loaded = None  # scratch must not start from the weights just read
 
@@ -165,7 +164,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Any = None) -> di
         extra["wise_ft"] = wise.to_dict()
     if replay is not None:
         extra["replay"] = {"data": replay.source, "task": replay.name, "rows": len(replay.rows),
-                           "ratio": cfg.replay_ratio}
+                           "ratio": cfg.replay_share}
     if cfg.l2sp:
         extra["l2sp"] = cfg.l2sp
     metrics = {
@@ -213,6 +212,18 @@ def _task_for(cfg: TrainConfig, splits: Splits, *, extra_rows: list[Row] = ()) -
         if cfg.balance == "class-weights":
             options["class_weights"] = class_weights([r.label for r in splits.train], splits.labels)
     return create_task(cfg.task, **options)
+
+
+def follow_advice(cfg: TrainConfig, advice: Advice) -> TrainConfig:
+    """``cfg`` with the advised strategy and layers; the advised learning rate, epochs and replay
+    ratio fill in only what the user left unset."""
+    return cfg.model_copy(update={
+        "strategy": advice.strategy, "layers": advice.layers,
+        "lr": cfg.lr if cfg.lr is not None else advice.lr,
+        "epochs": cfg.epochs if cfg.epochs is not None else advice.epochs,
+        "replay_ratio": cfg.replay_ratio if cfg.replay_ratio is not None or cfg.replay is None
+        else advice.replay_ratio,
+    })
 
 
 def advise(task: str, model: str, data: str | Path, *, reference: str | Path | None = None, batch_size: int = 16,

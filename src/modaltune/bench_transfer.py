@@ -11,8 +11,9 @@ Built offline from the demo's source world and its cached pretrained base model:
 In each cell every strategy trains with the same seed, epochs (the advisor's epoch rule for that
 data size) and its own learning rate, and is scored on the cell's test split (target accuracy)
 and on the old task's test split (old-task accuracy). The advisor sees only the cell's data and
-the base model. Then ``full`` is trained again with rehearsal of the old task (``--replay``, 50/50)
-and ``--wise-ft auto``, to compare its forgetting with naive ``full``.
+the base model. Then ``full`` is trained again with rehearsal of the old task (``--replay`` at the
+advisor's ratio: 50/50, or one old row per four target rows from 200 examples per class on) and
+``--wise-ft auto``, to compare its forgetting with naive ``full``.
 
 A single draw is too noisy for a 1-point criterion (one test image is 0.125 points, and which five
 images a class gets moves scores by several), so each cell is repeated over ``seeds``: a seed
@@ -44,7 +45,8 @@ VARIANTS = (("zero-shot", None), ("linear-probe", None), ("last-n", 1), ("last-n
             ("full", None), ("lora", None), ("scratch", None))
 ACCEPT_POINTS = 0.01  # "within 1 point"
 ACCEPT_FORGETTING_SHARE = 1 / 3
-#: The extra row: naive ``full`` again, with rehearsal of the old task (50/50) and WiSE-FT (auto).
+#: The extra row: naive ``full`` again, with rehearsal of the old task (at the advisor's ratio) and
+#: WiSE-FT (auto).
 KEPT = "full+replay+wise-ft"
 
 
@@ -189,6 +191,7 @@ def run_seed(spec: BenchSpec, base_spec: Any, base_model: Path, old: Path, shift
     """One (shift, size) cell at one seed: its own data draw, the advisor's pick, every strategy,
     and rehearsal + WiSE-FT. With ``previous`` (this seed's earlier result), only the rows named in
     ``only`` train again, on the same data and epochs."""
+    from modaltune.advisor import replay_ratio_for
     from modaltune.api import advise, evaluate, train
     from modaltune.config import build_config
     from modaltune.data.synthetic import write_classification_folder
@@ -245,8 +248,11 @@ def run_seed(spec: BenchSpec, base_spec: Any, base_model: Path, old: Path, shift
         if wanted(name):
             results[name] = run(name, strategy=strategy, layers=layers, lr=spec.lrs.get(strategy))
     if wanted(KEPT):
+        # The advisor's replay share for this data size (advice recorded before it gave one: the same rule).
+        ratio = advice_dict.get("replay_ratio") or replay_ratio_for(advice_dict["inputs"]["data"]["per_class"])
         results[KEPT] = run("full-replay-wise-ft", strategy="full", lr=spec.lrs.get("full"), replay=str(old),
-                            wise_ft="auto")
+                            replay_ratio=ratio, wise_ft="auto")
+        results[KEPT]["replay_ratio"] = ratio
     return {"seed": seed, "pick": pick, "measured_shift": shift, "advice": advice_dict, "results": results}
 
 
@@ -270,8 +276,9 @@ def aggregate_cell(shift_name: str, style: str, size: int, seeds: list[dict[str,
                   for key in ("target", "val", "old_task", "old_task_before", "forgetting", "seconds")}
         merged["target_sd"] = round(statistics.stdev([r["target"] for r in rows]), 6) if len(rows) > 1 else 0.0
         merged["trainable_params"] = rows[0]["trainable_params"]
-        if any("wise_ft_alpha" in r for r in rows):
-            merged["wise_ft_alpha"] = [r.get("wise_ft_alpha") for r in rows]
+        for key in ("wise_ft_alpha", "replay_ratio"):
+            if any(key in r for r in rows):
+                merged[key] = [r.get(key) for r in rows]
         results[name] = merged
     plain = [n for n in names if n != KEPT]
     best = max(plain, key=lambda n: results[n]["target"])
@@ -303,7 +310,8 @@ def summarise(cells: list[dict[str, Any]]) -> dict[str, Any]:
         share = (kept["forgetting"] / naive["forgetting"]) if naive["forgetting"] and naive["forgetting"] > 0 else None
         f = {"cell": c["cell"], "naive_drop": naive["forgetting"], "kept_drop": kept["forgetting"],
              "share": None if share is None else round(share, 4),
-             "target_naive": naive["target"], "target_kept": kept["target"]}
+             "target_naive": naive["target"], "target_kept": kept["target"],
+             "replay_ratio": kept.get("replay_ratio"), "wise_ft_alpha": kept.get("wise_ft_alpha")}
         forgetting.append(dict(f, meets=_keeps_the_old_task(f)))
     overall = None
     keys = ("naive_drop", "kept_drop", "target_naive", "target_kept")
@@ -349,17 +357,19 @@ def markdown(result: dict[str, Any]) -> str:
               "accuracy. The advisor is scored by the mean target accuracy of its pick at each seed.",
               f"Advisor within 1 point of the best: {s['advisor_hits']} of {s['cells']} cells.", "",
               "| cell | old-task drop, naive full | drop, full + replay + WiSE-FT | share "
-              "| target naive -> kept | meets |",
-              "|---|---|---|---|---|---|"]
+              "| target naive -> kept | meets | replay ratio · WiSE-FT α per seed |",
+              "|---|---|---|---|---|---|---|"]
     for f in s["forgetting"]:
         share = "n/a" if f["share"] is None else f"{f['share']:.2f}"
+        how = " · ".join(", ".join("?" if v is None else f"{v:g}" for v in (f.get(k) or []))
+                         for k in ("replay_ratio", "wise_ft_alpha"))
         lines.append(f"| {f['cell']} | {f['naive_drop']:+.3f} | {f['kept_drop']:+.3f} | {share} | "
-                     f"{f['target_naive']:.3f} -> {f['target_kept']:.3f} | {'yes' if f['meets'] else 'no'} |")
+                     f"{f['target_naive']:.3f} -> {f['target_kept']:.3f} | {'yes' if f['meets'] else 'no'} | {how} |")
     if s.get("forgetting_overall"):
         o = s["forgetting_overall"]
         lines.append(f"| mean of the cells | {o['naive_drop']:+.3f} | {o['kept_drop']:+.3f} | "
                      f"{o['kept_drop'] / o['naive_drop'] if o['naive_drop'] > 0 else float('nan'):.2f} | "
-                     f"{o['target_naive']:.3f} -> {o['target_kept']:.3f} | {'yes' if o['meets'] else 'no'} |")
+                     f"{o['target_naive']:.3f} -> {o['target_kept']:.3f} | {'yes' if o['meets'] else 'no'} | |")
     lines.append(f"\nRehearsal + WiSE-FT meets the criterion in {s['forgetting_cells_met']} of "
                  f"{len(s['forgetting'])} cells.")
     for r in result.get("rerun", []):

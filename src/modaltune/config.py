@@ -16,6 +16,8 @@ Strategy = Literal["auto", "zero-shot", "linear-probe", "last-n", "full", "lora"
 #: Learning rates that work for each strategy when the user gives none: a fresh head wants a large
 #: step, pretrained blocks a small one so they are not wrecked in the first epoch.
 DEFAULT_LR = {"linear-probe": 1e-3, "last-n": 1e-4, "full": 2e-5, "lora": 5e-4, "scratch": 5e-4, "zero-shot": 0.0}
+#: The 50/50 rule: half of each batch rehearses the old task unless told (or advised) otherwise.
+DEFAULT_REPLAY_RATIO = 0.5
 
 
 #: Epochs when none are given (and the advisor is not asked).
@@ -77,8 +79,9 @@ class TrainConfig(BaseModel):
     old_task: str | None = Field(default=None, description="data of the original task: scored before and after")
     old_task_type: str | None = Field(default=None, description="task of the old data (default: from its columns)")
     replay: str | None = Field(default=None, description="old-task data mixed into every training batch")
-    replay_ratio: float = Field(default=0.5, gt=0, lt=1, description=(
-        "share of each batch taken from --replay; old rows come on top of the --batch-size target rows"))
+    replay_ratio: float | None = Field(default=None, gt=0, lt=1, description=(
+        "share of each batch taken from --replay (default 0.5, the 50/50 rule; with strategy auto, the "
+        "advisor's); old rows come on top of the --batch-size target rows"))
     wise_ft: float | Literal["auto"] | None = Field(
         default=None, description="interpolate base -> fine-tuned weights at this alpha, or sweep it ('auto')")
     max_forgetting: float | None = Field(
@@ -102,6 +105,11 @@ class TrainConfig(BaseModel):
         if self.strategy == "zero-shot" and self.replay is not None:
             raise ValueError("replay mixes old data into training; strategy zero-shot does not train")
         return self
+
+    @property
+    def replay_share(self) -> float:
+        """The replay ratio in force: the given one, else the 50/50 rule."""
+        return self.replay_ratio if self.replay_ratio is not None else DEFAULT_REPLAY_RATIO
 
     @property
     def num_workers(self) -> int:

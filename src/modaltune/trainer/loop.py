@@ -123,7 +123,7 @@ def fit(
     anchor: Anchor | None = None,
 ) -> FitResult:
     """Train ``loaded.model`` in place; ``replay`` mixes old-task rows into every micro-batch at
-    ``cfg.replay_ratio``, ``anchor`` (the starting weights) enables the ``cfg.l2sp`` penalty."""
+    ``cfg.replay_share``, ``anchor`` (the starting weights) enables the ``cfg.l2sp`` penalty."""
     started = time.perf_counter()
     accelerator = make_accelerator(cfg.precision)
     model = loaded.model.to(accelerator.device)
@@ -134,7 +134,7 @@ def fit(
     target_batch, old_batch = cfg.batch_size, 0
     old_loaded = None
     if replay is not None:
-        target_batch, old_batch = replay_split(cfg.batch_size, cfg.replay_ratio)
+        target_batch, old_batch = replay_split(cfg.batch_size, cfg.replay_share)
         old_loaded = replay.task.attach(loaded)
     l2sp = anchor.to(accelerator.device) if anchor is not None and cfg.l2sp else None
     per_epoch = steps_per_epoch(len(train_rows), target_batch, cfg.grad_accum)
