@@ -13,7 +13,7 @@ the blocks for medium data on a close task, half for far, half / three quarters 
 within 1 point of the best in 2 of 6 cells there: one block was never the best choice, three of
 four blocks were best in 5 of 6 cells, and full fine-tuning (which also re-trains the embeddings)
 was below three quarters in 5 of 6. The tiers now go one step deeper, keeping their order (less
-data or a closer task never retrains more). The shipped benchmark scores them on seeds 1-3, which
+data or a closer task never retrains more). The shipped benchmark scores them on seeds 5-7, which
 the calibration did not see.
 """
 

@@ -279,7 +279,7 @@ def _wise_ft(cfg: TrainConfig, task: Task, loaded: Loaded, val: list[Row], ancho
         return float(old_before[old_task.metric]) - float(after[old_task.metric])
 
     return wise_ft(loaded.model, anchor, alpha=cfg.wise_ft, target_score=target_score, old_drop=old_drop,
-                   max_forgetting=cfg.max_forgetting)
+                   max_forgetting=cfg.max_forgetting, rows=len(val), metric=task.primary_metric)
 
 
 def _check_output(run: RunDir, cfg: TrainConfig, resume: bool) -> None:

@@ -122,7 +122,8 @@ def train(
     old_task_type: Optional[str] = typer.Option(None, help="task of the old data (default: from its columns)"),
     replay: Optional[str] = typer.Option(None, help="old-task data mixed into every batch (rehearsal)"),
     replay_ratio: Optional[float] = typer.Option(
-        None, help="share of each batch from --replay (default 0.5), on top of the --batch-size target rows"),
+        None, help="share of each batch from --replay, on top of the --batch-size target rows "
+        "(default 0.5; with --strategy auto, the advisor's)"),
     wise_ft: Optional[str] = typer.Option(None, help="WiSE-FT: alpha in [0,1] (0 = base, 1 = fine-tuned) or 'auto'"),
     max_forgetting: Optional[float] = typer.Option(None, help="wise-ft auto: largest old-task drop allowed"),
     l2sp: Optional[float] = typer.Option(None, help="L2-SP strength: pull towards the pretrained weights"),
@@ -218,7 +219,7 @@ def compare(
     old_task: Optional[str] = typer.Option(None, help="old-task data: every strategy's forgetting is measured"),
     old_task_type: Optional[str] = typer.Option(None),
     replay: Optional[str] = typer.Option(None, help="rehearse this old-task data in every strategy"),
-    replay_ratio: Optional[float] = typer.Option(None),
+    replay_ratio: Optional[float] = typer.Option(None, help="share of each batch from --replay (default 0.5)"),
     wise_ft: Optional[str] = typer.Option(None),
     max_forgetting: Optional[float] = typer.Option(None),
     l2sp: Optional[float] = typer.Option(None),
@@ -319,8 +320,8 @@ def demo(
 def bench_transfer(
     output: Path = typer.Option(Path("bench-transfer-output"), help="where data, runs and results go"),
     quick: bool = typer.Option(False, "--quick", help="a tiny version (for tests)"),
-    seeds: Optional[str] = typer.Option(None, help="comma-separated seeds to average over (default 1,2,3; "
-                                     "seed 0 calibrated the advisor)"),
+    seeds: Optional[str] = typer.Option(None, help="comma-separated seeds to average over (default 5,6,7; "
+                                     "seeds 0-4 developed the rules)"),
     rerun: Optional[str] = typer.Option(None, help="re-measure only these rows (comma-separated, e.g. "
                                         "full+replay+wise-ft) of the finished benchmark in --output"),
 ) -> None:

@@ -11,6 +11,7 @@ from; `Anchor` keeps a copy of exactly the parameters that train.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,10 +26,12 @@ from modaltune.tasks.base import Loaded, Task, create_task, family_tasks, task_c
 
 #: WiSE-FT auto: the mixing coefficients tried (0 = base weights, 1 = fine-tuned weights).
 WISE_FT_GRID = tuple(round(0.1 * i, 1) for i in range(11))
-#: WiSE-FT auto without a forgetting budget: alphas whose target score is within this of the best
-#: count as equally good, and the one that forgets least among them wins; old-task drops within
-#: this of each other are ties too, won by the largest alpha (the most of the fine-tuning).
+#: WiSE-FT auto: validation scores this close count as equal (the least a score can be trusted to,
+#: also when its sampling error cannot be bounded, e.g. CIDEr).
 WISE_FT_TOLERANCE = 0.005
+#: Metrics that are means over examples of per-example scores in [0, 1]: their standard error is at
+#: most sqrt(p (1 - p) / n), so it can be bounded from the score and the number of examples.
+MEANS_OF_UNIT_SCORES = frozenset({"accuracy", "vqa_accuracy", "r_mean"})
 
 
 # --------------------------------------------------------------------------- the old task
@@ -228,35 +231,46 @@ class WiseFtChoice:
         return {"alpha": self.alpha, "rule": self.rule, "sweep": self.sweep}
 
 
-def choose_alpha(sweep: list[dict[str, Any]], *, max_forgetting: float | None) -> tuple[float, str]:
-    """Pick alpha from sweep entries {alpha, target, drop (None without an old task)}."""
-    with_drop = all(e["drop"] is not None for e in sweep)
-    if max_forgetting is not None and with_drop:
-        feasible = [e for e in sweep if e["drop"] <= max_forgetting + 1e-12]
+def score_tolerance(score: float, rows: int | None, metric: str | None) -> float:
+    """How far below ``score`` a validation score is still indistinguishable from it: one standard
+    error of ``score`` measured on ``rows`` examples where that can be bounded, never below
+    ``WISE_FT_TOLERANCE``."""
+    if not rows or metric not in MEANS_OF_UNIT_SCORES:
+        return WISE_FT_TOLERANCE
+    p = min(max(score, 0.0), 1.0)
+    return max(WISE_FT_TOLERANCE, math.sqrt(p * (1 - p) / rows))
+
+
+def choose_alpha(sweep: list[dict[str, Any]], *, max_forgetting: float | None, rows: int | None = None,
+                 metric: str | None = None) -> tuple[float, str]:
+    """Pick alpha from sweep entries {alpha, target, drop (None without an old task)}: the largest
+    alpha whose validation target score is within one standard error (``score_tolerance``) of the
+    best, among the alphas whose old-task drop fits ``max_forgetting`` when there is a budget.
+
+    Validation splits are small, and on a couple of hundred examples a few predictions decide which
+    alpha scores highest; the fine-tuned end (alpha 1, whose checkpoint training already chose on
+    the same split) stays unless interpolating shows a gain larger than that noise, or the budget
+    calls for less forgetting. Without a budget the old-task drop is reported, not traded for."""
+    candidates, why = sweep, "best target score on validation data"
+    if max_forgetting is not None and all(e["drop"] is not None for e in sweep):
         # alpha 0 (the base) forgets nothing, so the budget can always be met.
-        best = max(feasible, key=lambda e: (e["target"], e["alpha"]))
-        return best["alpha"], f"best target score with an old-task drop of at most {max_forgetting}"
-    top = max(e["target"] for e in sweep)
-    close = [e for e in sweep if e["target"] >= top - WISE_FT_TOLERANCE]
-    if with_drop:
-        # An old-task score above the base's is no forgetting, not "less" of it: chasing it would only
-        # trade target score away (rehearsal often lifts the old task above the base).
-        forgets = {e["alpha"]: max(e["drop"], 0.0) for e in close}
-        least = min(forgets.values())
-        best = max((e for e in close if forgets[e["alpha"]] <= least + WISE_FT_TOLERANCE), key=lambda e: e["alpha"])
-        return best["alpha"], (f"least old-task drop (none counts as zero; within {WISE_FT_TOLERANCE} is a tie, "
-                               f"won by the larger alpha) among the alphas within {WISE_FT_TOLERANCE} of the best "
-                               "target score")
-    best = max(close, key=lambda e: (e["target"], e["alpha"]))
-    return best["alpha"], "best target score on validation data"
+        candidates = [e for e in sweep if e["drop"] <= max_forgetting + 1e-12]
+        why = f"best target score on validation data with an old-task drop of at most {max_forgetting}"
+    top = max(e["target"] for e in candidates)
+    tolerance = score_tolerance(top, rows, metric)
+    best = max((e for e in candidates if e["target"] >= top - tolerance - 1e-12), key=lambda e: e["alpha"])
+    noise = "one standard error of the score" if tolerance > WISE_FT_TOLERANCE else "a tie"
+    return best["alpha"], f"{why}: the largest alpha within {tolerance:.3f} ({noise}) of the best"
 
 
 def wise_ft(
     model: nn.Module, anchor: Anchor, *, alpha: float | str, target_score: Callable[[], float],
     old_drop: Callable[[], float | None] | None = None, max_forgetting: float | None = None,
+    rows: int | None = None, metric: str | None = None,
 ) -> WiseFtChoice:
     """Mix the fine-tuned weights in ``model`` with ``anchor`` at ``alpha`` (or the best one found by
-    sweeping ``WISE_FT_GRID``); leaves ``model`` at the chosen mix."""
+    sweeping ``WISE_FT_GRID``, see ``choose_alpha``: ``target_score`` is ``metric`` on ``rows``
+    validation examples); leaves ``model`` at the chosen mix."""
     anchor.check_lora_start()
     finetuned = trainable_state(model, list(anchor.weights))
     if alpha != "auto":
@@ -268,6 +282,6 @@ def wise_ft(
         drop = old_drop() if old_drop is not None else None
         sweep.append({"alpha": a, "target": round(float(target_score()), 6),
                       "drop": None if drop is None else round(float(drop), 6)})
-    chosen, rule = choose_alpha(sweep, max_forgetting=max_forgetting)
+    chosen, rule = choose_alpha(sweep, max_forgetting=max_forgetting, rows=rows, metric=metric)
     anchor.interpolate(model, finetuned, chosen)
     return WiseFtChoice(chosen, rule, sweep)
