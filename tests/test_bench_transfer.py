@@ -67,5 +67,7 @@ def test_bench_transfer_quick(tmp_path, run_cli):
         {k: v for k, v in cell["results"].items() if k != KEPT}
     assert cell2["per_seed"][0]["advice"] == cell["per_seed"][0]["advice"]
     assert again["rerun"][0]["rows"] == [KEPT] and "Re-run at" in (out / "bench_transfer.md").read_text()
+    mixed = run_cli("bench-transfer", "--quick", "--output", str(out), "--rerun", KEPT, "--seeds", "4")
+    assert mixed.returncode != 0 and "--rerun re-measures rows" in mixed.stderr and "Traceback" not in mixed.stderr
     bad = run_cli("bench-transfer", "--quick", "--output", str(out), "--rerun", "nonsense")
     assert bad.returncode != 0 and "no row named nonsense" in bad.stderr and "Traceback" not in bad.stderr

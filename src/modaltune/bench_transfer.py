@@ -107,6 +107,11 @@ def run_bench(output: Path, *, quick: bool = False, seeds: Sequence[int] | None 
     full_spec, quick_spec = _specs()
     spec, base_spec = (quick_spec, QUICK_BASE) if quick else (full_spec, FULL_BASE)
     output = Path(output)
+    if rerun and seeds:
+        from modaltune.errors import ConfigError
+
+        raise ConfigError("--rerun re-measures rows at the seeds of the finished benchmark; drop --seeds "
+                          "(or run the whole benchmark at the new seeds)")
     previous = _previous(output, rerun) if rerun else None
     if previous is not None:
         spec = replace(spec, seeds=tuple(previous["spec"]["seeds"]))
