@@ -125,16 +125,19 @@ def run_bench(output: Path, *, quick: bool = False, seeds: Sequence[int] | None 
     timings: dict[str, float] = {}
     with _quiet_transformers():
         base = ensure_base_model(base_spec, output / "data" / "source", console=console, timings=timings)
+        # The old task depends on the seed only: drawn once per seed, shared by every cell (a re-run
+        # keeps the finished benchmark's).
+        olds = {seed: output / "data" / f"old-s{seed}" for seed in spec.seeds}
+        if previous is None:
+            for seed, root in olds.items():
+                _write_old_task(spec, base_spec, root, seed)
         cells = []
         for shift_name, style in spec.shifts.items():
             for size in spec.sizes:
                 runs = []
                 for seed in spec.seeds:
                     before = None if previous is None else _seed_of(previous, f"{shift_name}-{size}", seed)
-                    old = output / "data" / f"old-s{seed}"
-                    if before is None:
-                        old = _write_old_task(spec, base_spec, old, seed)
-                    runs.append(run_seed(spec, base_spec, base.model, old, shift_name, style, size, seed,
+                    runs.append(run_seed(spec, base_spec, base.model, olds[seed], shift_name, style, size, seed,
                                          output, console=console, previous=before, only=rerun))
                 cells.append(aggregate_cell(shift_name, style, size, runs))
     seconds = round(time.perf_counter() - started, 1)
