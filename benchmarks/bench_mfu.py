@@ -7,8 +7,9 @@ Trains a CLIP with ViT-B/32-like dimensions (random init) on synthetic image-cap
 the trainer's own step times after warm-up, and divides the model FLOPs per second by the GPU's
 peak dense bf16 FLOPs. Model FLOPs per sample follow the PaLM appendix: per token 6 x (non-embedding
 parameters of its tower) + 12 x layers x width x sequence length (attention), image and text
-towers added. Without a GPU it says so and stops (``--cpu`` measures here anyway, against a peak
-you pass).
+towers added. Captions are padded to the longest in their batch, so the text tower's sequence is
+the mean of that padded length over batches of the training captions, not the position limit.
+Without a GPU it says so and stops (``--cpu`` measures here anyway, against a peak you pass).
 """
 
 from __future__ import annotations
@@ -28,15 +29,27 @@ from _common import B32, build_model, caption_data, captions_of, machine  # noqa
 PEAKS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0, "L4": 121.0, "V100": 125.0}
 
 
-def flops_per_sample(config) -> float:
+def flops_per_sample(config, text_tokens: float | None = None) -> float:
+    """Training FLOPs (forward + backward) per image-caption pair; ``text_tokens`` is the caption
+    sequence length the text tower runs at (default: its position limit)."""
     total = 0.0
     vision, text = config.vision_config, config.text_config
     for tower, tokens in ((vision, (vision.image_size // vision.patch_size) ** 2 + 1),
-                          (text, text.max_position_embeddings)):
+                          (text, text_tokens or text.max_position_embeddings)):
         width, layers, ffn = tower.hidden_size, tower.num_hidden_layers, tower.intermediate_size
         params = layers * (4 * width * width + 2 * width * ffn)  # attention projections + MLP
         total += tokens * (6 * params + 12 * layers * width * tokens)
     return total
+
+
+def padded_text_length(tokenizer, captions: list[str], batch: int, max_length: int, seed: int = 0) -> float:
+    """Mean length captions are padded to (the longest of each batch), over shuffled batches."""
+    import random
+
+    lengths = [len(ids) for ids in tokenizer(captions, truncation=True, max_length=max_length)["input_ids"]]
+    random.Random(seed).shuffle(lengths)
+    batches = [lengths[i:i + batch] for i in range(0, len(lengths), batch)]
+    return sum(max(b) for b in batches) / len(batches)
 
 
 def main() -> None:
@@ -73,12 +86,15 @@ def main() -> None:
     history = [json.loads(line) for line in (work / "run" / "history.jsonl").read_text().splitlines()]
     times = [h["elapsed"] for h in history if h["kind"] == "step"]
     rate = (len(times) - args.warmup) * args.batch / (times[-1] - times[args.warmup - 1])
-    from transformers import AutoConfig
+    from transformers import AutoConfig, AutoTokenizer
 
-    per_sample = flops_per_sample(AutoConfig.from_pretrained(model))
+    config = AutoConfig.from_pretrained(model)
+    text_tokens = padded_text_length(AutoTokenizer.from_pretrained(model), captions_of(data), args.batch,
+                                     config.text_config.max_position_embeddings)
+    per_sample = flops_per_sample(config, text_tokens)
     achieved = rate * per_sample / 1e12
-    print(f"CLIP {B32}: {per_sample / 1e9:.1f} GFLOPs per training sample; batch {args.batch}, "
-          f"{len(times)} steps ({args.warmup} warm-up)")
+    print(f"CLIP {B32}: {per_sample / 1e9:.1f} GFLOPs per training sample (captions padded to "
+          f"{text_tokens:.1f} tokens on average); batch {args.batch}, {len(times)} steps ({args.warmup} warm-up)")
     print(f"{rate:.1f} samples/s -> {achieved:.1f} TFLOPS = {100 * achieved / peak:.1f}% MFU (peak {peak:g} TFLOPS)")
 
 
