@@ -156,6 +156,15 @@ def test_zero_shot_freezes_everything(tiny_clip, shape_folder, caption_manifest)
     assert not any(p.requires_grad for p in loaded.model.parameters())
 
 
+@pytest.mark.filterwarnings("error::FutureWarning")
+def test_lora_raises_no_library_deprecation_warning(tiny_clip, shape_folder):
+    # peft reads transformers' deprecated `is_gradient_checkpointing`; users of the Python API (not
+    # only the CLI) must not see a warning they cannot act on.
+    task, _ = _make("classify", str(shape_folder / "train"))
+    loaded = task.load(tiny_clip)
+    assert apply_strategy(task, loaded, "lora").trainable_params > 0
+
+
 def test_scratch_never_reads_pretrained_weights(tiny_clip, shape_folder, tmp_path):
     no_weights = tmp_path / "clip-without-weights"
     shutil.copytree(tiny_clip, no_weights)

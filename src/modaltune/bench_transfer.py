@@ -336,9 +336,11 @@ def _machine() -> dict[str, Any]:
     import os
 
     import torch
+    import transformers
 
+    # transformers' version is part of the cached base model's key: a new one re-pretrains the base.
     return {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
+            "transformers": transformers.__version__, "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
@@ -385,6 +387,8 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(f"Re-run at {r['at']} with the code of that time ({r['seconds']:.0f}s): {', '.join(r['rows'])}; "
                      "every other row as first measured.")
     m = result["machine"]
+    libraries = f"torch {m['torch']}" + (f", transformers {m['transformers']}" if m.get("transformers") else "")
+    base = Path(result["base_model"]["dir"]).parent.name  # the cache key of the pretrained base
     lines += ["", f"Machine: {m['platform']}, {m['cpus']} CPUs ({m['threads']} torch threads), "
-              f"torch {m['torch']}, GPU {m['gpu'] or 'none'}; total {result['seconds']:.0f}s."]
+              f"{libraries}, GPU {m['gpu'] or 'none'}; base model {base}; total {result['seconds']:.0f}s."]
     return "\n".join(lines) + "\n"

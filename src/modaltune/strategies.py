@@ -6,6 +6,7 @@ LoRA targets), so it works the same for every family.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -109,7 +110,10 @@ def _apply_lora(task: Task, loaded: Loaded, options: LoraOptions) -> str:
         modules_to_save=(to_save(loaded) or None) if callable(to_save) else None,
     )
     model.requires_grad_(False)
-    model.backbone = get_peft_model(model.backbone, config)
+    with warnings.catch_warnings():
+        # peft reads transformers' deprecated `is_gradient_checkpointing`: nothing the user can change.
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        model.backbone = get_peft_model(model.backbone, config)
     for name, param in model.named_parameters():
         if any(name.startswith(p) for p in head):
             param.requires_grad_(True)
