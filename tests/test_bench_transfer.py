@@ -43,7 +43,7 @@ def test_bench_transfer_quick(tmp_path, run_cli):
     (cell,) = data["cells"]
     names = set(cell["results"])
     assert {"zero-shot", "linear-probe", "last-n-1", "last-n-2", "full", "lora", "scratch",
-            "full+replay+wise-ft"} == names
+            KEPT} == names
     assert cell["pick"] in names and cell["best"] in names
     assert cell["pick_within_1_point"] == (cell["pick_target"] >= cell["best_target"] - 0.01 - 1e-9)
     for row in cell["results"].values():
@@ -52,6 +52,9 @@ def test_bench_transfer_quick(tmp_path, run_cli):
     assert cell["results"]["scratch"]["old_task_before"] is None
     # The kept row rehearses at the advisor's ratio for the cell's data size (3 per class: 50/50).
     assert cell["results"][KEPT]["replay_ratio"] == [cell["per_seed"][0]["advice"]["replay_ratio"]] == [0.5]
+    # ... and trains what the advisor picked (what --strategy auto would), with its trainable parameters.
+    assert cell["results"][KEPT]["strategy"] == cell["picks"]
+    assert cell["results"][KEPT]["trainable_params"] == cell["results"][cell["pick"]]["trainable_params"]
     assert cell["picks"] == [cell["pick"]] and [s["seed"] for s in cell["per_seed"]] == cell["seeds"] == [0]
     summary = data["summary"]
     assert summary["cells"] == 1 and summary["forgetting"][0]["cell"] == cell["cell"]

@@ -43,7 +43,7 @@ def _shift(value: float) -> dict:
     [
         (5, 0.2, "linear-probe", None),  # few examples, close task: head only
         (5, 0.95, "last-n", 6),  # few but far: the features must move (half of 12)
-        (50, 0.2, "last-n", 6),  # medium, close: half
+        (50, 0.2, "last-n", 9),  # medium, close: three quarters (the frozen features are not enough)
         (50, 0.95, "last-n", 9),  # medium, far: three quarters
         (500, 0.2, "last-n", 9),  # plenty, close: the top three quarters
         (500, 0.95, "last-n", 9),  # plenty, far: three quarters, embeddings stay
@@ -81,11 +81,12 @@ def test_advisor_prefers_lora_for_huge_models_and_clamps_epochs():
     assert advise(DataFacts(1_000_000, 10, 100_000), SMALL, _shift(0.5), batch_size=16).epochs == 3
 
 
-def test_advisor_replay_ratio_is_the_50_50_rule_until_plenty_of_data_and_never_grows_with_it():
+def test_advisor_replay_ratio_is_the_50_50_rule_for_few_examples_and_never_grows_with_more():
     def ratio(per_class):
         return advise(DataFacts(per_class * 10, 10, per_class), SMALL, _shift(0.5)).replay_ratio
 
-    assert ratio(5) == ratio(MANY - 1) == 0.5
+    assert ratio(5) == ratio(FEW - 1) == 0.5
+    assert ratio(FEW) == ratio(MANY - 1) == 0.33
     assert ratio(MANY) == ratio(HUGE) == 0.2
     ratios = [ratio(n) for n in (2, FEW, MANY - 1, MANY, HUGE)]
     assert ratios == sorted(ratios, reverse=True)
@@ -292,6 +293,23 @@ def test_forgetting_report_replay_and_wise_ft_in_a_run(tiny_clip, shape_folder, 
     assert len(steps) == 10
     report = (tmp_path / "a" / "report.html").read_text()
     assert "Forgetting (old task)" in report and "WiSE-FT" in report
+
+
+def test_replay_is_skipped_and_reported_when_nothing_it_reads_trains(tiny_clip, shape_folder, caption_manifest,
+                                                                       tmp_path, capsys):
+    # A linear probe trains only the target's head, which the old task never reads.
+    metrics = train(_cfg(tiny_clip, shape_folder, tmp_path, "p", strategy="linear-probe",
+                         old_task=str(caption_manifest), replay=str(caption_manifest), zero_shot_baseline=False))
+    skipped = metrics["replay"]["skipped"]
+    assert skipped and "linear-probe" in skipped and skipped in capsys.readouterr().out
+    assert metrics["forgetting"]["drop"] == 0.0
+    assert metrics["run"]["feature_cache"]  # with nothing to rehearse, the frozen features are cached
+    assert "Rehearsal (--replay)" in (tmp_path / "p" / "report.html").read_text()
+    # Anything deeper shares trained weights with the old task: rehearsed, and said so.
+    rehearsed = train(_cfg(tiny_clip, shape_folder, tmp_path, "l", strategy="last-n", layers=1, epochs=1,
+                           replay=str(caption_manifest), zero_shot_baseline=False))
+    assert rehearsed["replay"]["skipped"] is None and not rehearsed["run"]["feature_cache"]
+    assert "came from it" in (tmp_path / "l" / "report.html").read_text()
 
 
 def test_wise_ft_zero_exports_the_base_model(tiny_clip, shape_folder, tmp_path):

@@ -81,7 +81,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Any = None) -> di
     """Run ``cfg`` end to end into ``cfg.output``; returns the metrics written to ``metrics.json``."""
     from modaltune import plots
     from modaltune import report as reporting
-    from modaltune.forgetting import Anchor, forgetting_report, load_old_task, score_old_task
+    from modaltune.forgetting import Anchor, forgetting_report, load_old_task, rehearsable, score_old_task
     from modaltune.inference import evaluate_rows
     from modaltune.strategies import LoraOptions, apply_strategy, export
     from modaltune.trainer.loop import fit
@@ -132,10 +132,15 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Any = None) -> di
     info = apply_strategy(task, loaded, cfg.strategy, layers=cfg.layers,
                           lora=LoraOptions(cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout))
     anchor = Anchor.capture(loaded.model) if (cfg.wise_ft is not None or cfg.l2sp) else None
+    replay_skipped = None
+    if replay is not None and not rehearsable(replay, loaded):
+        replay_skipped = (f"--replay skipped: with strategy {cfg.strategy} nothing the old task uses trains "
+                          "(only the target's own head does), so rehearsing it could not change it")
+        print(f"warning: {replay_skipped}")
     result = None
     if cfg.strategy != "zero-shot":
         result = fit(cfg, task, loaded, splits.train, splits.val, run, resume=resume, progress=progress,
-                     replay=replay, anchor=anchor)
+                     replay=None if replay_skipped else replay, anchor=anchor)
     wise = None
     if cfg.wise_ft is not None and anchor is not None:
         wise = _wise_ft(cfg, task, loaded, splits.val, anchor, old_task, old_before)
@@ -164,7 +169,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Any = None) -> di
         extra["wise_ft"] = wise.to_dict()
     if replay is not None:
         extra["replay"] = {"data": replay.source, "task": replay.name, "rows": len(replay.rows),
-                           "ratio": cfg.replay_share}
+                           "ratio": cfg.replay_share, "skipped": replay_skipped}
     if cfg.l2sp:
         extra["l2sp"] = cfg.l2sp
     metrics = {

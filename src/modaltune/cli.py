@@ -319,10 +319,10 @@ def demo(
 def bench_transfer(
     output: Path = typer.Option(Path("bench-transfer-output"), help="where data, runs and results go"),
     quick: bool = typer.Option(False, "--quick", help="a tiny version (for tests)"),
-    seeds: Optional[str] = typer.Option(None, help="comma-separated seeds to average over (default 5,6,7; "
-                                     "seeds 0-4 developed the rules)"),
+    seeds: Optional[str] = typer.Option(None, help="comma-separated seeds to average over (default 8-12; "
+                                     "seeds 0-7 developed or measured earlier rules)"),
     rerun: Optional[str] = typer.Option(None, help="re-measure only these rows (comma-separated, e.g. "
-                                        "full+replay+wise-ft) of the finished benchmark in --output"),
+                                        "auto+replay+wise-ft) of the finished benchmark in --output"),
 ) -> None:
     """The synthetic transfer benchmark: advisor pick vs every strategy, near/far shift x 5/50/500 per class."""
     from modaltune.bench_transfer import run_bench

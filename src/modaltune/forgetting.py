@@ -114,6 +114,13 @@ def score_old_task(old: OldTask, loaded: Loaded, *, batch_size: int = 64, worker
     return evaluate_rows(old.task, old.task.attach(loaded), old.rows, batch_size=batch_size, workers=workers)
 
 
+def rehearsable(old: OldTask, loaded: Loaded) -> bool:
+    """Whether rehearsing ``old`` can change anything: the old task, attached to the model being
+    adapted, reads at least one parameter that trains. Under a linear probe only the target's head
+    trains and the old task never reads it, so rehearsal would cost time and change nothing."""
+    return any(p.requires_grad for p in old.task.attach(loaded).model.parameters())
+
+
 def forgetting_report(old: OldTask, before: dict[str, Any] | None, after: dict[str, Any]) -> dict[str, Any]:
     """Before/after of the old task's primary metric; ``drop`` > 0 means the model forgot."""
     metric = old.metric

@@ -292,7 +292,7 @@ def _row_list_tables(title: str, rows: list[Mapping[str, Any]], examples: int = 
 
 
 def transfer_sections(metrics: dict) -> list[tuple[str, str]]:
-    """Report sections for the advisor's reasons, the forgetting report and the WiSE-FT sweep."""
+    """Report sections for the advisor's reasons, the forgetting report, rehearsal and the WiSE-FT sweep."""
     import html as _html
 
     esc = _html.escape
@@ -312,6 +312,12 @@ def transfer_sections(metrics: dict) -> list[tuple[str, str]]:
             f"{forgetting['rows']} rows), metric <code>{esc(forgetting['metric'])}</code>: "
             f"before {num(forgetting['before'])}, after {num(forgetting['after'])}, "
             f"drop {num(forgetting['drop'])}.</p>")))
+    replay = metrics.get("replay")
+    if replay:
+        how = (esc(replay["skipped"]) if replay.get("skipped") else
+               f"a share {replay['ratio']:g} of every batch came from it, on top of the target rows")
+        sections.append(("Rehearsal (--replay)", f"<p>Old-task data <code>{esc(str(replay['data']))}</code> "
+                         f"({esc(replay['task'])}, {replay['rows']} rows): {how}.</p>"))
     wise = metrics.get("wise_ft")
     if wise:
         rows = "".join(
