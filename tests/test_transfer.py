@@ -92,6 +92,11 @@ def test_advisor_replay_ratio_is_the_50_50_rule_for_few_examples_and_never_grows
     assert ratios == sorted(ratios, reverse=True)
     plenty = advise(DataFacts(MANY * 10, 10, MANY), SMALL, _shift(0.5))
     assert any("--replay-ratio 0.2" in r and "one old row per 4 target rows" in r for r in plenty.reasons)
+    medium = advise(DataFacts(FEW * 10, 10, FEW), SMALL, _shift(0.5))
+    assert any("--replay-ratio 0.33" in r and "one old row per 2 target rows" in r and f">= {FEW}" in r
+               for r in medium.reasons)
+    probe = advise(DataFacts(50, 10, 5), SMALL, _shift(0.2))
+    assert probe.strategy == "linear-probe" and any("nothing to rehearse" in r for r in probe.reasons)
 
 
 def test_strategy_auto_fills_in_only_what_the_user_left_unset(tiny_clip, shape_folder, tmp_path):

@@ -147,13 +147,17 @@ def advise(data: DataFacts, model: ModelFacts, shift: dict[str, Any], *, batch_s
     reasons.append(f"{epochs} epochs: about {TARGET_STEPS} optimizer steps at batch size {batch_size} "
                    f"({steps_per_epoch} per epoch), clamped to {MIN_EPOCHS}-{MAX_EPOCHS}")
     replay_ratio = replay_ratio_for(per)
-    if replay_ratio == DEFAULT_REPLAY_RATIO:
+    if strategy == "linear-probe":
+        reasons.append("with --replay: nothing to rehearse, a linear probe leaves every weight the old task "
+                       "uses as pretrained (the run skips rehearsal and says so)")
+    elif replay_ratio == DEFAULT_REPLAY_RATIO:
         reasons.append(f"with --replay: the 50/50 rule (--replay-ratio {replay_ratio:g})")
     else:
         reasons.append(f"with --replay: --replay-ratio {replay_ratio:g} (one old row per "
-                       f"{round((1 - replay_ratio) / replay_ratio)} target rows): {per:g} {unit} (>= {FEW}) make a "
-                       "run long enough to replay every old row several times even at a smaller share, and a "
-                       "smaller share takes less of each update away from the target")
+                       f"{round((1 - replay_ratio) / replay_ratio)} target rows): {per:g} {unit} "
+                       f"(>= {MANY if per >= MANY else FEW}) make a run long enough to replay every old row "
+                       "several times even at a smaller share, and a smaller share takes less of each update "
+                       "away from the target")
     inputs = {"data": asdict(data), "model": asdict(model), "shift": shift}
     return Advice(strategy, layers, lr, epochs, replay_ratio, reasons, inputs)
 
