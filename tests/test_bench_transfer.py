@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from modaltune.bench_transfer import KEPT, aggregate_cell, summarise
+from modaltune.bench_transfer import KEPT, aggregate_cell, markdown, summarise
 
 
 def _seed(seed, pick, targets, drops):
@@ -34,6 +34,22 @@ def test_cells_average_over_seeds_and_score_each_seeds_own_pick():
     assert summary["forgetting_cells_met"] == 1 and summary["forgetting_overall"]["meets"]
 
 
+def test_markdown_marks_seeds_whose_rehearsal_was_skipped():
+    seeds = [_seed(1, "linear-probe", (0.50, 0.60, 0.58, 0.50), (0.0, 0.2, 0.3, 0.0)),
+             _seed(2, "last-n-2", (0.52, 0.70, 0.66, 0.66), (0.0, 0.2, 0.3, 0.05))]
+    seeds[0]["results"][KEPT].update(replay_ratio=None, wise_ft_alpha=1.0)  # a probe: nothing to rehearse
+    seeds[1]["results"][KEPT].update(replay_ratio=0.5, wise_ft_alpha=0.9)
+    cells = [aggregate_cell("near", "noise", 5, seeds)]
+    result = {"cells": cells, "summary": summarise(cells), "spec": {"seeds": [1, 2]}, "seconds": 1.0,
+              "machine": {"platform": "p", "cpus": 2, "threads": 2, "torch": "t", "gpu": None},
+              "base_model": {"dir": "/cache/key/model"}}
+    table = markdown(result)
+    assert "| –, 0.5 · 1, 0.9 |" in table and "– : rehearsal skipped" in table
+    cells[0]["results"][KEPT]["replay_ratio"] = [0.5, 0.5]
+    result["summary"] = summarise(cells)
+    assert "rehearsal skipped" not in markdown(result)
+
+
 @pytest.mark.slow
 def test_bench_transfer_quick(tmp_path, run_cli):
     out = tmp_path / "bench"
@@ -50,8 +66,12 @@ def test_bench_transfer_quick(tmp_path, run_cli):
         assert 0.0 <= row["target"] <= 1.0 and 0.0 <= row["old_task"] <= 1.0
     assert cell["results"]["zero-shot"]["forgetting"] == 0.0
     assert cell["results"]["scratch"]["old_task_before"] is None
-    # The kept row rehearses at the advisor's ratio for the cell's data size (3 per class: 50/50).
-    assert cell["results"][KEPT]["replay_ratio"] == [cell["per_seed"][0]["advice"]["replay_ratio"]] == [0.5]
+    # The kept row rehearses at the advisor's ratio for the cell's data size (3 per class: 50/50),
+    # except under a linear probe, where the run skips rehearsal (nothing the old task reads trains).
+    assert cell["per_seed"][0]["advice"]["replay_ratio"] == 0.5
+    skipped = cell["picks"] == ["linear-probe"]
+    assert cell["results"][KEPT]["replay_ratio"] == ([None] if skipped else [0.5])
+    assert ("rehearsal skipped" in (out / "bench_transfer.md").read_text()) == skipped
     # ... and trains what the advisor picked (what --strategy auto would), with its trainable parameters.
     assert cell["results"][KEPT]["strategy"] == cell["picks"]
     assert cell["results"][KEPT]["trainable_params"] == cell["results"][cell["pick"]]["trainable_params"]

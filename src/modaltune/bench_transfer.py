@@ -246,6 +246,8 @@ def run_seed(spec: BenchSpec, base_spec: Any, base_model: Path, old: Path, shift
                "trainable_params": metrics["run"]["strategy"]["trainable_params"]}
         if "wise_ft" in metrics:
             row["wise_ft_alpha"] = metrics["wise_ft"]["alpha"]
+        if (metrics.get("replay") or {}).get("skipped"):
+            row["replay_skipped"] = True
         console.print(f"  {name:>16}: target {row['target']:.3f} · old task {row['old_task']:.3f} "
                       f"· {row['seconds']:.0f}s")
         return row
@@ -266,7 +268,9 @@ def run_seed(spec: BenchSpec, base_spec: Any, base_model: Path, old: Path, shift
         strategy = advice_dict["strategy"]
         results[KEPT] = run("auto-replay-wise-ft", strategy=strategy, layers=advice_dict["layers"],
                             lr=spec.lrs.get(strategy), replay=str(old), replay_ratio=ratio, wise_ft="auto")
-        results[KEPT].update(replay_ratio=ratio, strategy=pick)
+        # No ratio where rehearsal had nothing to do (a linear probe): the run skipped it.
+        results[KEPT].update(replay_ratio=None if results[KEPT].pop("replay_skipped", False) else ratio,
+                             strategy=pick)
     return {"seed": seed, "pick": pick, "measured_shift": shift, "advice": advice_dict, "results": results}
 
 
@@ -377,7 +381,7 @@ def markdown(result: dict[str, Any]) -> str:
               "|---|---|---|---|---|---|---|"]
     for f in s["forgetting"]:
         share = "n/a" if f["share"] is None else f"{f['share']:.2f}"
-        how = " · ".join(", ".join("?" if v is None else f"{v:g}" for v in (f.get(k) or []))
+        how = " · ".join(", ".join("–" if v is None else f"{v:g}" for v in (f.get(k) or []))
                          for k in ("replay_ratio", "wise_ft_alpha"))
         lines.append(f"| {f['cell']} | {f['naive_drop']:+.3f} | {f['kept_drop']:+.3f} | {share} | "
                      f"{f['target_naive']:.3f} -> {f['target_kept']:.3f} | {'yes' if f['meets'] else 'no'} | {how} |")
@@ -388,6 +392,9 @@ def markdown(result: dict[str, Any]) -> str:
                      f"{o['target_naive']:.3f} -> {o['target_kept']:.3f} | {'yes' if o['meets'] else 'no'} | |")
     lines.append(f"\nRehearsal + WiSE-FT meets the criterion in {s['forgetting_cells_met']} of "
                  f"{len(s['forgetting'])} cells.")
+    if any(None in (f.get("replay_ratio") or []) for f in s["forgetting"]):
+        lines.append("A replay ratio of – : rehearsal skipped, nothing the old task reads trains under the pick "
+                     "(a linear probe), so the old task keeps its score without it.")
     for r in result.get("rerun", []):
         lines.append(f"Re-run at {r['at']} with the code of that time ({r['seconds']:.0f}s): {', '.join(r['rows'])}; "
                      "every other row as first measured.")
