@@ -50,8 +50,7 @@ LARGE_MODEL = 1_000_000_000
 #: seeds 0-4 of the transformers 5.24 base) 0.5 / 0.33 / 0.25 / 0.2 scored 0.343 / 0.350 / 0.355 /
 #: 0.349 on the close shift against 0.349 for naive full fine-tuning, with old-task drops of 0.00 /
 #: 0.04 / 0.07 / 0.09 against its 0.22: one old row per two target rows keeps the old task well
-#: inside a third of the naive drop at no target cost (on the far shift, seeds 0-2: 0.167 vs 0.153
-#: at 0.5).
+#: inside a third of the naive drop at no target cost (on the far shift: 0.166 vs 0.158 at 0.5).
 REPLAY_RATIO_MEDIUM = 0.33
 REPLAY_RATIO_MANY = 0.2
 #: Optimizer steps the epoch count aims at: enough for a head or a few blocks to settle.
