@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,7 +12,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import torch  # noqa: E402
 
 #: CLIP ViT-B/32-like: 12 blocks of width 768 with 12 heads, 32px patches on 224px images, 512-d
 #: projection. (Both towers share the width here; the real text tower is 512 wide.)
@@ -22,9 +20,9 @@ B32 = dict(hidden_size=768, layers=12, heads=12, image_size=224, patch_size=32, 
 
 
 def machine() -> str:
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads), {gpu}, Python {platform.python_version()}")
+    from modaltune.machine import describe, machine_facts
+
+    return describe(machine_facts())
 
 
 def build_model(root: Path, captions: list[str], **dims) -> Path:

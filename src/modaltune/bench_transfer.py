@@ -32,7 +32,6 @@ markdown table (``DIR/bench_transfer.md``) ready for benchmarks/RESULTS.md.
 from __future__ import annotations
 
 import json
-import platform
 import shutil
 import statistics
 import time
@@ -43,6 +42,8 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+
+from modaltune.machine import describe, machine_facts
 
 #: (strategy, layers): every strategy, last-n at every depth the advisor can recommend for a 4-block model.
 VARIANTS = (("zero-shot", None), ("linear-probe", None), ("last-n", 1), ("last-n", 2), ("last-n", 3),
@@ -146,7 +147,7 @@ def run_bench(output: Path, *, quick: bool = False, seeds: Sequence[int] | None 
                 cells.append(aggregate_cell(shift_name, style, size, runs))
     seconds = round(time.perf_counter() - started, 1)
     result = {
-        "machine": _machine(),
+        "machine": machine_facts(),
         "base_model": {"dir": str(base.model), "spec": asdict(base_spec), "cached": base.cached},
         "spec": asdict(spec),
         "cells": cells,
@@ -341,18 +342,6 @@ def summarise(cells: list[dict[str, Any]]) -> dict[str, Any]:
             "forgetting_overall": overall}
 
 
-def _machine() -> dict[str, Any]:
-    import os
-
-    import torch
-    import transformers
-
-    # transformers' version is part of the cached base model's key: a new one re-pretrains the base.
-    return {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
-
-
 def markdown(result: dict[str, Any]) -> str:
     names = list(result["cells"][0]["results"]) if result["cells"] else []
     seeds = result["spec"]["seeds"]
@@ -398,9 +387,6 @@ def markdown(result: dict[str, Any]) -> str:
     for r in result.get("rerun", []):
         lines.append(f"Re-run at {r['at']} with the code of that time ({r['seconds']:.0f}s): {', '.join(r['rows'])}; "
                      "every other row as first measured.")
-    m = result["machine"]
-    libraries = f"torch {m['torch']}" + (f", transformers {m['transformers']}" if m.get("transformers") else "")
     base = Path(result["base_model"]["dir"]).parent.name  # the cache key of the pretrained base
-    lines += ["", f"Machine: {m['platform']}, {m['cpus']} CPUs ({m['threads']} torch threads), "
-              f"{libraries}, GPU {m['gpu'] or 'none'}; base model {base}; total {result['seconds']:.0f}s."]
+    lines += ["", f"Machine: {describe(result['machine'])}; base model {base}; total {result['seconds']:.0f}s."]
     return "\n".join(lines) + "\n"
