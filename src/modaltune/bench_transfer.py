@@ -247,8 +247,8 @@ def run_seed(spec: BenchSpec, base_spec: Any, base_model: Path, old: Path, shift
                "trainable_params": metrics["run"]["strategy"]["trainable_params"]}
         if "wise_ft" in metrics:
             row["wise_ft_alpha"] = metrics["wise_ft"]["alpha"]
-        if (metrics.get("replay") or {}).get("skipped"):
-            row["replay_skipped"] = True
+        if "replay" in metrics:  # the share the run rehearsed at; None where it skipped rehearsal (a probe)
+            row["replay_ratio"] = None if metrics["replay"]["skipped"] else metrics["replay"]["ratio"]
         console.print(f"  {name:>16}: target {row['target']:.3f} · old task {row['old_task']:.3f} "
                       f"· {row['seconds']:.0f}s")
         return row
@@ -269,9 +269,7 @@ def run_seed(spec: BenchSpec, base_spec: Any, base_model: Path, old: Path, shift
         strategy = advice_dict["strategy"]
         results[KEPT] = run("auto-replay-wise-ft", strategy=strategy, layers=advice_dict["layers"],
                             lr=spec.lrs.get(strategy), replay=str(old), replay_ratio=ratio, wise_ft="auto")
-        # No ratio where rehearsal had nothing to do (a linear probe): the run skipped it.
-        results[KEPT].update(replay_ratio=None if results[KEPT].pop("replay_skipped", False) else ratio,
-                             strategy=pick)
+        results[KEPT]["strategy"] = pick
     return {"seed": seed, "pick": pick, "measured_shift": shift, "advice": advice_dict, "results": results}
 
 
