@@ -8,9 +8,9 @@ small enough to be written out here, following the official VQA evaluation scrip
 
 from modaltune.metrics.captions import caption_metrics, caption_tokens
 from modaltune.metrics.classification import classification_metrics
-from modaltune.metrics.common import DECIMALS
+from modaltune.metrics.common import DECIMALS, rank_scores, top_indices
 from modaltune.metrics.retrieval import retrieval_metrics
 from modaltune.metrics.vqa import normalize_vqa_answer, vqa_metrics, vqa_scores
 
 __all__ = ["DECIMALS", "caption_metrics", "caption_tokens", "classification_metrics", "normalize_vqa_answer",
-           "retrieval_metrics", "vqa_metrics", "vqa_scores"]
+           "rank_scores", "retrieval_metrics", "top_indices", "vqa_metrics", "vqa_scores"]

@@ -1,4 +1,4 @@
-"""Accuracy, F1, per-class scores and the confusion matrix, through torchmetrics."""
+"""Accuracy, top-k accuracy, F1, per-class scores and the confusion matrix, through torchmetrics."""
 
 from __future__ import annotations
 
@@ -14,14 +14,29 @@ from torchmetrics.classification import (
     MulticlassRecall,
 )
 
-from modaltune.metrics.common import _r
+from modaltune.metrics.common import _r, rank_scores
+
+#: Top-k accuracies reported next to (top-1) ``accuracy`` when scores are given, each where k < classes.
+TOP_K = (5,)
 
 
-def classification_metrics(preds: Sequence[int], targets: Sequence[int], labels: list[str]) -> dict[str, Any]:
-    """Accuracy, macro-F1, per-class precision/recall/F1/support and the confusion matrix.
+def classification_metrics(
+    preds: Sequence[int] | None,
+    targets: Sequence[int],
+    labels: list[str],
+    *,
+    scores: torch.Tensor | None = None,
+    top_k: Sequence[int] = TOP_K,
+) -> dict[str, Any]:
+    """Accuracy, top-k accuracy, macro-F1, per-class precision/recall/F1/support and the confusion matrix.
 
-    ``preds`` and ``targets`` are class indices into ``labels``. The confusion matrix has true
-    classes as rows and predicted classes as columns.
+    ``preds`` and ``targets`` are class indices into ``labels``. ``scores`` (examples × classes,
+    e.g. logits) adds ``top{k}_accuracy`` for each ``k`` in ``top_k`` below the number of classes:
+    the share of examples whose true class is among the k best scores, ranked by ``rank_scores``
+    (ties: the higher class index first), which is scikit-learn's ``top_k_accuracy_score``, ties
+    included. With ``scores``, ``preds`` may be None (the top-ranked class) and must otherwise be
+    that class, so that ``accuracy`` is top-1 accuracy under the same rule. The confusion matrix
+    has true classes as rows and predicted classes as columns.
 
     Zero-division conventions (those of torchmetrics, pinned by the tests):
 
@@ -33,6 +48,20 @@ def classification_metrics(preds: Sequence[int], targets: Sequence[int], labels:
       no support does count, with F1 0: those predictions are plain mistakes.
     """
     num_classes = len(labels)
+    ranked = None
+    if scores is not None:
+        scores = torch.as_tensor(scores).detach().cpu()
+        if scores.ndim != 2 or scores.shape != (len(targets), num_classes):
+            raise ValueError(f"scores must be examples × classes ({len(targets)} × {num_classes}), "
+                             f"got {tuple(scores.shape)}")
+        ranked = rank_scores(scores)
+        top1 = ranked[:, 0].tolist()
+        if preds is None:
+            preds = top1
+        elif list(preds) != top1:
+            raise ValueError("preds are not the top-ranked classes of scores (rank them with rank_scores)")
+    elif preds is None:
+        raise ValueError("need preds or scores")
     p, t = _class_tensors(preds, targets, num_classes)
 
     accuracy = MulticlassAccuracy(num_classes=num_classes, average="micro")(p, t)
@@ -52,8 +81,14 @@ def classification_metrics(preds: Sequence[int], targets: Sequence[int], labels:
         }
         for c, label in enumerate(labels)
     }
+    top = {}
+    if ranked is not None:
+        for k in sorted({int(k) for k in top_k}):
+            if 1 <= k < num_classes:
+                top[f"top{k}_accuracy"] = _r((ranked[:, :k] == t.unsqueeze(1)).any(dim=1).double().mean())
     return {
         "accuracy": _r(accuracy),
+        **top,
         "macro_f1": _r(macro_f1),
         "per_class": per_class,
         "confusion_matrix": confusion.tolist(),

@@ -229,17 +229,22 @@ class ClassifyTask(DualEncoderTask):
             )
         targets = [index[row.label] for row in rows]
         logits = outputs["logits"]
-        metrics = classification_metrics(logits.argmax(-1).tolist(), targets, self.labels)
+        # Top-1 (accuracy, the confusion matrix) and top-5 come from the ranking predict() uses.
+        metrics = classification_metrics(None, targets, self.labels, scores=logits.float())
         metrics["loss"] = round(float(F.cross_entropy(logits, torch.tensor(targets))), 6)
         return metrics
 
     def predict(self, loaded: Loaded, outputs: dict[str, torch.Tensor], rows: list[Row]) -> list[dict]:
-        probs = outputs["logits"].softmax(-1)
-        k = min(5, len(self.labels))
+        from modaltune.metrics import top_indices
+
+        logits = outputs["logits"].float()
+        probs = logits.softmax(-1)
+        # Ranked by the logits with evaluate()'s rule: equal probabilities after softmax (or equal
+        # logits) cannot order the list differently from the label that evaluate() scores.
+        order = top_indices(logits, min(5, len(self.labels)))
         results = []
-        for row, p in zip(rows, probs):
-            top = p.topk(k)
-            ranked = [{"label": self.labels[i], "score": round(float(s), 6)} for s, i in zip(*top)]
+        for row, p, top in zip(rows, probs, order.tolist()):
+            ranked = [{"label": self.labels[i], "score": round(float(p[i]), 6)} for i in top]
             results.append({"input": row.id, "label": ranked[0]["label"], "score": ranked[0]["score"],
                             "top": ranked})
         return results
@@ -378,10 +383,12 @@ class RetrieveTask(DualEncoderTask):
             return [{"input": row.id, "embedding": emb.tolist()} for row, emb in zip(rows, outputs["image_embeds"])]
         text = _embed(loaded.model.backbone.get_text_features,
                       **_tokenize(loaded.processor, loaded.model.backbone, self.texts)).float()
-        probs = (outputs["image_embeds"] @ text.T * unwrap(loaded.model.backbone).logit_scale.exp()).softmax(-1)
+        from modaltune.metrics import top_indices
+
+        similarity = outputs["image_embeds"] @ text.T
+        probs = (similarity * unwrap(loaded.model.backbone).logit_scale.exp()).softmax(-1)
         results = []
-        for row, p in zip(rows, probs):
-            order = p.argsort(descending=True)[:5].tolist()
+        for row, p, order in zip(rows, probs, top_indices(similarity, 5).tolist()):
             ranked = [{"text": self.texts[i], "score": round(float(p[i]), 6)} for i in order]
             results.append({"input": row.id, "text": ranked[0]["text"], "score": ranked[0]["score"], "top": ranked})
         return results

@@ -231,7 +231,10 @@ class VqaTask(vl.StackedBlocksTask):
 
     def answers_of(self, loaded: Loaded, outputs: dict[str, torch.Tensor]) -> list[str]:
         if self.mode == "classifier":
-            return [self.answers[i] for i in outputs["logits"].argmax(-1).tolist()]
+            from modaltune.metrics import top_indices
+
+            # The same ranking as predict()'s list, so its first answer is the one scored here.
+            return [self.answers[i] for i in top_indices(outputs["logits"].float(), 1)[:, 0].tolist()]
         tokens = vl.special_tokens(loaded.model.backbone, loaded.processor.tokenizer)
         return vl.decode(loaded.processor.tokenizer, outputs["generated"], tokens)
 
@@ -251,16 +254,19 @@ class VqaTask(vl.StackedBlocksTask):
         return metrics
 
     def predict(self, loaded: Loaded, outputs: dict[str, torch.Tensor], rows: list[Row]) -> list[dict]:
+        from modaltune.metrics import top_indices
+
         answers = self.answers_of(loaded, outputs)
         results = []
         for i, (row, answer) in enumerate(zip(rows, answers)):
             result: dict[str, Any] = {"input": row.id, "question": row.question, "answer": answer}
             if self.mode == "classifier":
-                probs = outputs["logits"][i].sigmoid()
-                top = probs.topk(min(5, len(self.answers)))
-                result["score"] = round(float(top.values[0]), 6)
-                result["top"] = [{"answer": self.answers[j], "score": round(float(s), 6)}
-                                 for s, j in zip(top.values.tolist(), top.indices.tolist())]
+                logits = outputs["logits"][i].float()
+                probs = logits.sigmoid()
+                # Ranked by the logits (sigmoid saturates to equal scores) with answers_of's rule.
+                top = top_indices(logits, min(5, len(self.answers))).tolist()
+                result["score"] = round(float(probs[top[0]]), 6)
+                result["top"] = [{"answer": self.answers[j], "score": round(float(probs[j]), 6)} for j in top]
             results.append(result)
         return results
 
