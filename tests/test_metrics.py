@@ -8,7 +8,7 @@ import random
 import pytest
 import torch
 
-from modaltune.metrics import classification_metrics, retrieval_metrics
+from modaltune.metrics import classification_metrics, rank_scores, retrieval_metrics
 
 # --------------------------------------------------------------------------- classification
 
@@ -94,17 +94,26 @@ def test_retrieval_hand_worked_ranks() -> None:
     assert all(type(v) is float for v in m.values())
 
 
-def test_duplicate_captions_count_as_hits() -> None:
-    # Rows 0 and 1 have the same caption; image 1 scores row 0's copy of it highest.
-    sim = torch.tensor([[0.9, 0.1, 0.0], [0.8, 0.5, 0.0], [0.0, 0.1, 0.9]])
+def test_duplicate_captions_are_separate_queries() -> None:
+    # Rows 0 and 1 share the caption string "a dog" (images x and y) and so embed identically:
+    # columns 0 and 1 are equal. As in CLIP_benchmark each row is its own text query, relevant to
+    # its own image only. (Until issue 14 the two rows were merged into one query counting for both.)
+    sim = torch.tensor([[0.9, 0.9, 0.0], [0.8, 0.8, 0.0], [0.0, 0.0, 0.9]])
 
-    plain = retrieval_metrics(sim, ["x", "y", "z"], ks=(1,))
-    keyed = retrieval_metrics(sim, ["x", "y", "z"], ["a dog", "a dog", "a cat"], ks=(1,))
+    m = retrieval_metrics(sim, ["x", "y", "z"], ks=(1,))
 
-    assert plain["i2t_r@1"] == round(2 / 3, 6)
-    assert keyed["i2t_r@1"] == 1.0
-    # "a dog" is one text query whose correct images are x and y; "a cat" → z.
-    assert keyed["t2i_r@1"] == 1.0
+    # t2i: row 0 → x first (hit), row 1 → x first (miss: its image is y), row 2 → z (hit).
+    assert m["t2i_r@1"] == round(2 / 3, 6)
+    # i2t: x sees rows 0 and 1 tied at 0.9; the later row ranks first (the tie rule), a miss. y sees
+    # them tied at 0.8, row 1 first, a hit. z: hit.
+    assert m["i2t_r@1"] == round(2 / 3, 6)
+    # Both tied image queries are reported, with the bounds of ordering ties against / for them.
+    ties = m["retrieval_ties"]
+    assert (ties["i2t_queries"], ties["t2i_queries"]) == (2, 0)
+    assert ties["pessimistic"]["i2t_r@1"] == round(1 / 3, 6)
+    assert ties["optimistic"]["i2t_r@1"] == 1.0
+    assert ties["pessimistic"]["t2i_r@1"] == ties["optimistic"]["t2i_r@1"] == round(2 / 3, 6)
+    assert ties["pessimistic"]["r_mean"] == round((1 / 3 + 2 / 3) / 2, 6)
 
 
 def test_duplicate_images_coco_style() -> None:
@@ -134,20 +143,19 @@ def test_negative_similarities_and_k_beyond_gallery() -> None:
     assert all(v == 1.0 for v in m.values())
 
 
-def _brute_force(sim: torch.Tensor, image_keys: list[str], text_keys: list[str], k: int) -> tuple[float, float]:
-    """Straightforward reference: distinct keys are queries and gallery items, pairs are relevant."""
-    pairs = set(zip(image_keys, text_keys))
+def _brute_force(sim: torch.Tensor, image_keys: list[str], k: int) -> tuple[float, float]:
+    """Straightforward reference: distinct images and every text row are queries / gallery items;
+    a text row is relevant to its own row's image only."""
     images = list(dict.fromkeys(image_keys))
-    texts = list(dict.fromkeys(text_keys))
     img_row = {key: image_keys.index(key) for key in images}
-    txt_row = {key: text_keys.index(key) for key in texts}
+    rows = range(len(image_keys))
 
     def hit(query_scores: list[tuple[float, bool]]) -> float:
         ranked = sorted(query_scores, key=lambda s: -s[0])[:k]
         return float(any(relevant for _, relevant in ranked))
 
-    i2t = [hit([(float(sim[img_row[i], txt_row[t]]), (i, t) in pairs) for t in texts]) for i in images]
-    t2i = [hit([(float(sim[img_row[i], txt_row[t]]), (i, t) in pairs) for i in images]) for t in texts]
+    i2t = [hit([(float(sim[img_row[i], t]), image_keys[t] == i) for t in rows]) for i in images]
+    t2i = [hit([(float(sim[img_row[i], t]), image_keys[t] == i) for i in images]) for t in rows]
     return sum(i2t) / len(i2t), sum(t2i) / len(t2i)
 
 
@@ -155,16 +163,42 @@ def test_retrieval_matches_brute_force_on_random_duplicates() -> None:
     rng = random.Random(0)
     n = 60
     image_keys = [f"img{rng.randrange(25)}" for _ in range(n)]
-    text_keys = [f"cap{rng.randrange(50)}" for _ in range(n)]
     torch.manual_seed(0)
     sim = torch.randn(n, n)  # continuous scores: no ties, so the ranking is unambiguous
 
-    m = retrieval_metrics(sim, image_keys, text_keys, ks=(1, 3, 7))
+    m = retrieval_metrics(sim, image_keys, ks=(1, 3, 7))
 
+    assert "retrieval_ties" not in m
     for k in (1, 3, 7):
-        i2t, t2i = _brute_force(sim, image_keys, text_keys, k)
+        i2t, t2i = _brute_force(sim, image_keys, k)
         assert m[f"i2t_r@{k}"] == pytest.approx(i2t, abs=1e-6)
         assert m[f"t2i_r@{k}"] == pytest.approx(t2i, abs=1e-6)
+
+
+def test_retrieval_ties_follow_rank_scores_with_bounds() -> None:
+    # Scores in {0, 1, 2}: ties everywhere. Each query's rank must be where rank_scores puts its
+    # first relevant item; the bounds put relevant items last / first among equal scores.
+    rng = random.Random(1)
+    n = 40
+    image_keys = [f"img{rng.randrange(15)}" for _ in range(n)]
+    sim = torch.tensor([[float(rng.randrange(3)) for _ in range(n)] for _ in range(n)])
+    m = retrieval_metrics(sim, image_keys, ks=(1, 2, 5))
+
+    images = list(dict.fromkeys(image_keys))
+    scores = sim[[image_keys.index(i) for i in images]]  # distinct images × text rows
+    relevant = torch.tensor([[image_keys[t] == i for t in range(n)] for i in images])
+    for direction, s, rel in (("i2t", scores, relevant), ("t2i", scores.T, relevant.T)):
+        order = rank_scores(s)
+        first = [next(r for r, j in enumerate(row.tolist()) if rel[q, j]) for q, row in enumerate(order)]
+        for k in (1, 2, 5):
+            rule = sum(r < k for r in first) / len(first)
+            worst = sum(int((s[q] > best).sum() + ((s[q] == best) & ~rel[q]).sum()) < k
+                        for q, best in enumerate(s.masked_fill(~rel, -1).amax(1))) / len(first)
+            best_case = sum(int((s[q] > best).sum()) < k
+                            for q, best in enumerate(s.masked_fill(~rel, -1).amax(1))) / len(first)
+            assert m[f"{direction}_r@{k}"] == pytest.approx(rule, abs=1e-6)
+            assert m["retrieval_ties"]["pessimistic"][f"{direction}_r@{k}"] == pytest.approx(worst, abs=1e-6)
+            assert m["retrieval_ties"]["optimistic"][f"{direction}_r@{k}"] == pytest.approx(best_case, abs=1e-6)
 
 
 def test_retrieval_rejects_bad_shapes() -> None:
@@ -172,3 +206,5 @@ def test_retrieval_rejects_bad_shapes() -> None:
         retrieval_metrics(torch.zeros(2, 3), ["a", "b"])
     with pytest.raises(ValueError, match="one image key"):
         retrieval_metrics(torch.zeros(2, 2), ["a"])
+    with pytest.raises(ValueError, match="NaN"):
+        retrieval_metrics(torch.tensor([[0.0, float("nan")], [0.0, 0.0]]), ["a", "b"])

@@ -370,7 +370,7 @@ class RetrieveTask(DualEncoderTask):
         from modaltune.metrics import retrieval_metrics
 
         similarity = outputs["image_embeds"] @ outputs["text_embeds"].T
-        metrics = retrieval_metrics(similarity, [str(r.image) for r in rows], [r.text or "" for r in rows])
+        metrics = retrieval_metrics(similarity, [str(r.image) for r in rows])
         scale = unwrap(loaded.model.backbone).logit_scale.exp().item()
         logits = similarity * scale
         target = torch.arange(len(rows))
