@@ -239,10 +239,14 @@ class VqaTask(vl.StackedBlocksTask):
         return vl.decode(loaded.processor.tokenizer, outputs["generated"], tokens)
 
     def evaluate(self, loaded: Loaded, outputs: dict[str, torch.Tensor], rows: list[Row]) -> dict[str, Any]:
-        from modaltune.metrics import vqa_metrics
+        from modaltune.metrics import VQA_RULE, vqa_accuracy_official, vqa_metrics
 
         predictions = self.answers_of(loaded, outputs)
-        metrics: dict[str, Any] = vqa_metrics(predictions, [list(r.answers) for r in rows])
+        answers = [list(r.answers) for r in rows]
+        metrics: dict[str, Any] = vqa_metrics(predictions, answers)
+        # Percent with 2 decimals, rounded as the official script reports it.
+        metrics["vqa_accuracy_official"] = vqa_accuracy_official(predictions, answers)
+        metrics["vqa_rule"] = VQA_RULE
         if self.mode == "classifier":
             vocabulary = set(self._answer_index())
             unknown = sum(1 for r in rows if not any(_normalize(a) in vocabulary for a in r.answers))
