@@ -113,8 +113,7 @@ class CaptionTask(vl.StackedBlocksTask):
         for row, caption in zip(rows, captions):
             key = str(row.image)
             predictions.setdefault(key, caption)  # an image is captioned once, whatever its rows
-            references.setdefault(key, [])
-            references[key] += [r for r in _references([row]) if r not in references[key]]
+            references.setdefault(key, []).extend(_references([row]))
         metrics = caption_metrics(predictions, references)
         metrics["samples"] = [{"id": row.id, "image": str(row.image), "prediction": caption,
                                "references": references[str(row.image)]}
@@ -135,9 +134,15 @@ class CaptionTask(vl.StackedBlocksTask):
 
 
 def _references(rows: list[Row]) -> list[str]:
+    """The rows' reference captions: a grouped row's list, else each row's own caption.
+
+    Identical captions by two annotators both count, as in the official evaluation (CIDEr-D
+    averages over references, so dropping a duplicate changes the score).
+    """
     refs: list[str] = []
     for row in rows:
-        for text in [*row.extra.get("references", []), row.text]:
-            if text and text not in refs:
-                refs.append(text)
+        if "references" in row.extra:
+            refs.extend(row.extra["references"])
+        elif row.text:
+            refs.append(row.text)
     return refs
