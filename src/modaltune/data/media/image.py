@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from modaltune.errors import DataError
+from modaltune.data.media.base import MediaDecoder, MediaError
 
 #: PIL's own decompression-bomb threshold (about 89.5 megapixels, e.g. 9459 x 9459).
 DEFAULT_MAX_PIXELS = 89_478_485
@@ -27,15 +27,6 @@ _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib
 
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 _SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N"}
-
-
-class MediaError(DataError):
-    """A media file that cannot be used; ``reason`` is a code from ``data.validate.REASONS``."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
 
 
 def load_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
@@ -168,3 +159,19 @@ def _gray_array_to_rgb(values: np.ndarray) -> Image.Image:
     """A 2-D array already in 0..255 (float) → RGB image; rounds, and clips only rounding spill."""
     gray = np.clip(np.rint(values), 0, 255).astype(np.uint8)
     return Image.fromarray(gray).convert("RGB")
+
+
+class ImageDecoder(MediaDecoder):
+    """The registry's ``"image"`` decoder: `load_image` / `check_image` (a full decode, as validation needs)."""
+
+    kind = "image"
+    extensions = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+
+    def load(self, path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+        return load_image(path, max_pixels=max_pixels)
+
+    def check(self, path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+        check_image(path, max_pixels=max_pixels)
+
+    def sniff(self, head: bytes) -> bool:
+        return head.startswith(_SIGNATURES) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")

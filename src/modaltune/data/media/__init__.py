@@ -1,0 +1,95 @@
+"""Media decoders, one per kind of file (``image`` today), held in a registry.
+
+A decoder turns a path into what a model's processor takes (an RGB ``PIL.Image``) or raises
+`MediaError` with a reason code from ``data.validate.REASONS``. A new kind (audio, video, …)
+subclasses `MediaDecoder` and calls `register_decoder`; nothing else in the data layer changes.
+`media_kind` tells which kind a file is: by extension, else by its first bytes.
+
+The image functions are importable from here as before (``from modaltune.data.media import
+MediaError, load_image, check_image, to_rgb, DEFAULT_MAX_PIXELS``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from modaltune.data.media.base import MediaDecoder, MediaError
+from modaltune.data.media.image import DEFAULT_MAX_PIXELS, ImageDecoder, check_image, load_image, to_rgb
+
+_DECODERS: dict[str, MediaDecoder] = {}
+
+# Bytes read to sniff a file's kind when no decoder claims its extension.
+_SNIFF_BYTES = 64
+
+
+def register_decoder(decoder: MediaDecoder) -> MediaDecoder:
+    """Add ``decoder`` to the registry under ``decoder.kind``; returns it.
+
+    Raises `ValueError` if that kind is registered already, or if another kind claims one of its
+    extensions (a file's kind must be unambiguous).
+    """
+    kind = decoder.kind
+    if kind in _DECODERS:
+        raise ValueError(
+            f"a media decoder for kind {kind!r} is registered already ({type(_DECODERS[kind]).__name__})"
+        )
+    for other in _DECODERS.values():
+        shared = sorted(set(decoder.extensions) & set(other.extensions))
+        if shared:
+            raise ValueError(f"extensions {shared} of kind {kind!r} are claimed by kind {other.kind!r} already")
+    _DECODERS[kind] = decoder
+    return decoder
+
+
+def get_decoder(kind: str) -> MediaDecoder:
+    """The decoder registered for ``kind``; `KeyError` naming the known kinds otherwise."""
+    try:
+        return _DECODERS[kind]
+    except KeyError:
+        raise KeyError(f"no media decoder for kind {kind!r}; registered: {', '.join(sorted(_DECODERS))}") from None
+
+
+def media_kinds() -> list[str]:
+    """The registered kinds, sorted."""
+    return sorted(_DECODERS)
+
+
+def media_kind(path: str | Path) -> str | None:
+    """The kind of media file ``path`` is, or ``None`` when no registered decoder recognises it.
+
+    The extension decides when a decoder claims it (so a text file named ``.png`` is ``"image"`` here, and
+    the image decoder then reports ``not_an_image``); otherwise the file's first bytes are matched
+    against each decoder's signatures. An unreadable or missing file with an unknown extension is
+    ``None``.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    for decoder in _DECODERS.values():
+        if suffix in decoder.extensions:
+            return decoder.kind
+    try:
+        with open(path, "rb") as f:
+            head = f.read(_SNIFF_BYTES)
+    except OSError:
+        return None
+    for decoder in _DECODERS.values():
+        if decoder.sniff(head):
+            return decoder.kind
+    return None
+
+
+register_decoder(ImageDecoder())
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "ImageDecoder",
+    "MediaDecoder",
+    "MediaError",
+    "check_image",
+    "get_decoder",
+    "load_image",
+    "media_kind",
+    "media_kinds",
+    "register_decoder",
+    "to_rgb",
+]
