@@ -2,7 +2,7 @@
 
 from modaltune.data.augment import augment_image
 from modaltune.data.formats import discover_splits, read_rows
-from modaltune.data.media import MediaError, load_image
+from modaltune.data.media import MediaError, load_audio, load_image
 from modaltune.data.rows import BadRow, Row
 from modaltune.data.split import train_val_split
 from modaltune.data.validate import REASONS, DataReport, load_dataset, validate_rows
@@ -15,6 +15,7 @@ __all__ = [
     "Row",
     "augment_image",
     "discover_splits",
+    "load_audio",
     "load_dataset",
     "load_image",
     "read_rows",

@@ -1,9 +1,9 @@
-"""Media decoders, one per kind of file (``image`` today), held in a registry.
+"""Media decoders, one per kind of file (``image``, ``audio``), held in a registry.
 
-A decoder turns a path into what a model's processor takes (an RGB ``PIL.Image``) or raises
-`MediaError` with a reason code from ``data.validate.REASONS``. A new kind (audio, video, …)
-subclasses `MediaDecoder` and calls `register_decoder`; nothing else in the data layer changes.
-`media_kind` tells which kind a file is: by extension, else by its first bytes.
+A decoder turns a path into what a model's processor takes (an RGB ``PIL.Image``, float32 mono
+samples) or raises `MediaError` with a reason code from ``data.validate.REASONS``. A new kind
+(video, …) subclasses `MediaDecoder` and calls `register_decoder`; nothing else in the data layer
+changes. `media_kind` tells which kind a file is: by extension, else by its first bytes.
 
 The image functions are importable from here as before (``from modaltune.data.media import
 MediaError, load_image, check_image, to_rgb, DEFAULT_MAX_PIXELS``).
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from modaltune.data.media.audio import AudioDecoder, AudioInfo, audio_info, check_audio, load_audio
 from modaltune.data.media.base import MediaDecoder, MediaError
 from modaltune.data.media.image import DEFAULT_MAX_PIXELS, ImageDecoder, check_image, load_image, to_rgb
 
@@ -57,8 +58,8 @@ def media_kinds() -> list[str]:
 def media_kind(path: str | Path) -> str | None:
     """The kind of media file ``path`` is, or ``None`` when no registered decoder recognises it.
 
-    The extension decides when a decoder claims it (so a text file named ``.png`` is ``"image"`` here, and
-    the image decoder then reports ``not_an_image``); otherwise the file's first bytes are matched
+    The extension decides when a decoder claims it (so a PNG named ``.wav`` is ``"audio"`` here, and
+    the audio decoder then reports ``not_audio``); otherwise the file's first bytes are matched
     against each decoder's signatures. An unreadable or missing file with an unknown extension is
     ``None``.
     """
@@ -79,14 +80,20 @@ def media_kind(path: str | Path) -> str | None:
 
 
 register_decoder(ImageDecoder())
+register_decoder(AudioDecoder())
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
+    "AudioDecoder",
+    "AudioInfo",
     "ImageDecoder",
     "MediaDecoder",
     "MediaError",
+    "audio_info",
+    "check_audio",
     "check_image",
     "get_decoder",
+    "load_audio",
     "load_image",
     "media_kind",
     "media_kinds",

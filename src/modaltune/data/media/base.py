@@ -23,7 +23,9 @@ class MediaDecoder(ABC):
 
     A decoder is stateless; the registry in `modaltune.data.media` holds one instance per kind.
     Options (limits such as ``max_pixels`` / ``max_seconds``, or a target ``sampling_rate``) are
-    keyword arguments of `load` and `check`, so the same decoder serves every caller.
+    keyword arguments of `load` and `check`. A decoder ignores options meant for other kinds, so a
+    caller can hand the same set (e.g. ``max_pixels=…, max_seconds=…``) to whichever decoder a
+    file needs.
     """
 
     #: The media kind this decoder handles; unique in the registry.

@@ -12,6 +12,7 @@ import struct
 import warnings
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -167,10 +168,10 @@ class ImageDecoder(MediaDecoder):
     kind = "image"
     extensions = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 
-    def load(self, path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    def load(self, path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS, **_: Any) -> Image.Image:
         return load_image(path, max_pixels=max_pixels)
 
-    def check(self, path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    def check(self, path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS, **_: Any) -> None:
         check_image(path, max_pixels=max_pixels)
 
     def sniff(self, head: bytes) -> bool:
