@@ -175,3 +175,28 @@ def test_config_errors_name_the_field(tmp_path):
     bad.write_text("task: classify\nmodel: m\ndata: d\nepochz: 3\n")
     with pytest.raises(ConfigError, match="epochz"):
         build_config(bad)
+
+
+def test_named_loss_parts_are_logged_and_the_total_is_what_trains(tiny_clip, shape_folder, tmp_path, monkeypatch):
+    from modaltune.tasks.clip import ClassifyTask
+
+    plain = ClassifyTask.loss
+
+    def with_parts(self, loaded, batch):  # what a multi-part loss (detection: class + L1 + GIoU) returns
+        ce = plain(self, loaded, batch)
+        return {"loss": ce, "ce": ce, "half_ce": ce / 2}
+
+    cfg, task, loaded, rows, val, run = _setup(tiny_clip, shape_folder, tmp_path, epochs=1, feature_cache=False)
+    monkeypatch.setattr(ClassifyTask, "loss", with_parts)
+    fit(cfg, task, loaded, rows, val, run)
+    steps = [entry for entry in run.read_history() if entry["kind"] == "step"]
+    assert steps and all(s["loss_ce"] == pytest.approx(s["loss"]) for s in steps)
+    assert all(s["loss_half_ce"] == pytest.approx(s["loss"] / 2) for s in steps)
+
+
+def test_a_loss_dict_without_its_total_is_refused() -> None:
+    from modaltune.trainer.terms import loss_parts, part_key
+
+    with pytest.raises(ValueError, match="total under 'loss'.*\\['ce'\\]"):
+        loss_parts({"ce": torch.tensor(1.0)})
+    assert part_key("ce") == "loss_ce" and part_key("loss_bbox") == "loss_bbox"

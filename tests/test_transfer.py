@@ -294,6 +294,7 @@ def test_forgetting_report_replay_and_wise_ft_in_a_run(tiny_clip, shape_folder, 
     history = [json.loads(line) for line in (tmp_path / "a" / "history.jsonl").read_text().splitlines()]
     steps = [h for h in history if h["kind"] == "step"]
     assert steps[0]["l2sp"] == 0.0 and steps[-1]["l2sp"] > 0.0
+    assert all(step["replay"] > 0.0 for step in steps)  # the rehearsal term, logged beside the total
     # 18 train rows at 4 target rows per batch (+4 replayed ones) = 5 steps per epoch, 2 epochs.
     assert len(steps) == 10
     report = (tmp_path / "a" / "report.html").read_text()

@@ -31,7 +31,7 @@ def _load(path: str | Path, task_cls: Any, *, split: str | None, known: set[str]
     from modaltune.data import load_dataset
 
     return load_dataset(path, require=task_cls.required, split=split, known_labels=known, skip_bad=skip_bad,
-                        field_names=getattr(task_cls, "field_names", None))
+                        field_names=task_cls.field_names)
 
 
 def load_splits(cfg: TrainConfig, task_cls: Any) -> Splits:
@@ -206,9 +206,7 @@ def _task_for(cfg: TrainConfig, splits: Splits, *, extra_rows: list[Row] = ()) -
     from modaltune.trainer.batches import class_weights
 
     options: dict[str, Any] = {}
-    from_rows = getattr(task_class(cfg.task), "options_from_rows", None)
-    if callable(from_rows):
-        options.update(from_rows([*splits.train, *extra_rows]))
+    options.update(task_class(cfg.task).options_from_rows([*splits.train, *extra_rows]))
     for name in ("num_beams", "max_new_tokens"):
         if getattr(cfg, name) is not None:
             options[name] = getattr(cfg, name)

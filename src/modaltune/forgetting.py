@@ -97,7 +97,7 @@ def load_old_task(data: str | Path, target: type, *, explicit: str | None = None
     if split is None and splits:
         split = next(iter(splits))
     rows, _ = load_dataset(data, require=cls.required, split=split, skip_bad=skip_bad,
-                           field_names=getattr(cls, "field_names", None))
+                           field_names=cls.field_names)
     options: dict[str, Any] = {}
     if cls.uses_labels:
         options["labels"] = sorted({r.label for r in rows})

@@ -46,8 +46,7 @@ def compute_outputs(
 def eval_rows(task: Task, rows: Sequence[Row]) -> list[Row]:
     """The rows a task scores: a task may merge rows first (captioning: one row per image holding all
     of its reference captions, so each image is captioned once)."""
-    group = getattr(task, "eval_rows", None)
-    return list(group(rows)) if callable(group) else list(rows)
+    return list(task.eval_rows(list(rows)))
 
 
 @torch.no_grad()

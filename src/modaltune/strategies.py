@@ -103,11 +103,11 @@ def _apply_lora(task: Task, loaded: Loaded, options: LoraOptions) -> str:
 
     model = loaded.model
     head = task.probe_parameters(loaded) if not _is_backbone_only(task, loaded) else []
-    to_save = getattr(task, "lora_modules_to_save", None)
+    to_save = task.lora_modules_to_save(loaded)
     config = LoraConfig(
         r=options.rank, lora_alpha=options.alpha, lora_dropout=options.dropout,
         target_modules=task.lora_targets(loaded), bias="none",
-        modules_to_save=(to_save(loaded) or None) if callable(to_save) else None,
+        modules_to_save=to_save or None,
     )
     model.requires_grad_(False)
     with warnings.catch_warnings():

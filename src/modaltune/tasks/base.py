@@ -1,16 +1,22 @@
-"""The Task protocol and the task registry.
+"""The Task contract and the task registry.
 
 A task knows one model family and one job (classify images with CLIP, retrieve image-text pairs
 with CLIP, ...). Everything else (strategies, trainer, run directory, CLI) talks to a task only
-through this protocol, so a new family is one new module with ``@register("name")``.
+through this contract, so a new family is one new module: a ``Task`` subclass with
+``@register("name")``, found by package discovery (or an entry point, from another package).
 """
 
 from __future__ import annotations
 
+import importlib
+import logging
+import pkgutil
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
@@ -18,7 +24,11 @@ from torch import nn
 from modaltune.data.rows import Row
 from modaltune.errors import ConfigError, ModaltuneError
 
+if TYPE_CHECKING:
+    from modaltune.feature_cache import CacheSplit
+
 META_FILE = "modaltune.json"
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -34,8 +44,13 @@ class Loaded:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-@runtime_checkable
-class Task(Protocol):
+class Task(ABC):
+    """One model family doing one job. Subclass it, fill in the abstract methods, and register it.
+
+    The optional members at the end have documented defaults; a task overrides them only when it
+    has something to add, and callers use them directly (no probing for attributes).
+    """
+
     name: ClassVar[str]
     #: Tasks of one family share a backbone type, so one can be attached to another's model.
     family: ClassVar[str]
@@ -44,72 +59,104 @@ class Task(Protocol):
     #: The validation metric early stopping and model selection maximise.
     primary_metric: ClassVar[str]
     #: Whether rows carry class labels (enables label checks, balancing, stratified splits).
-    uses_labels: ClassVar[bool]
+    uses_labels: ClassVar[bool] = False
     #: The ``outputs`` entry holding one embedding per example (domain-shift measurement).
     feature_output: ClassVar[str]
+    #: User-facing names of row fields, for messages and reason codes (``{"text": "caption"}``).
+    field_names: ClassVar[dict[str, str]] = {}
 
+    @abstractmethod
     def load(self, source: str | Path, *, scratch: bool = False, trust_remote_code: bool = False) -> Loaded:
         """Model + processor from a hub name or directory; ``scratch`` builds from the config only."""
 
+    @abstractmethod
     def collate(self, loaded: Loaded, items: list[tuple[Row, Any]]) -> dict[str, torch.Tensor]:
         """(row, decoded media) pairs → model inputs, including targets when the rows have them."""
 
-    def loss(self, loaded: Loaded, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Per-batch training loss (a scalar)."""
+    @abstractmethod
+    def loss(self, loaded: Loaded, batch: dict[str, torch.Tensor]) -> torch.Tensor | dict[str, torch.Tensor]:
+        """Per-batch training loss: a scalar, or ``{"loss": total, "<part>": ...}`` whose parts are logged."""
 
+    @abstractmethod
     def outputs(self, loaded: Loaded, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Raw per-example outputs for evaluation (logits, embeddings); cheap to concatenate."""
 
+    @abstractmethod
     def evaluate(self, loaded: Loaded, outputs: dict[str, torch.Tensor], rows: list[Row]) -> dict[str, Any]:
         """The family's metrics over a whole evaluation set."""
 
+    @abstractmethod
     def predict(self, loaded: Loaded, outputs: dict[str, torch.Tensor], rows: list[Row]) -> list[dict]:
         """Human-readable predictions, one JSON-able dict per row."""
 
+    @abstractmethod
     def blocks(self, loaded: Loaded) -> dict[str, list[nn.Module]]:
         """Ordered transformer blocks per encoder, for ``last-n``."""
 
+    @abstractmethod
     def top_parameters(self, loaded: Loaded) -> list[str]:
         """Parameter-name prefixes above the blocks (head, projections, final norms): trained by last-n."""
 
+    @abstractmethod
     def used_parameters(self, loaded: Loaded) -> list[str]:
         """Parameter-name prefixes the task's forward pass uses: what ``full`` and ``scratch`` train."""
 
+    @abstractmethod
     def probe_parameters(self, loaded: Loaded) -> list[str]:
         """Parameter-name prefixes of the head a linear probe trains."""
 
-    def lora_targets(self, loaded: Loaded) -> list[str]:
-        """Module-name suffixes PEFT LoRA wraps (attention projections of the encoders in use)."""
+    @abstractmethod
+    def lora_targets(self, loaded: Loaded) -> str | list[str]:
+        """PEFT ``target_modules``: a regex over full module names, or module-name suffixes."""
 
+    @abstractmethod
     def save(self, loaded: Loaded, directory: Path) -> None:
         """Write ``directory`` so that plain transformers loads the backbone and this task reloads all."""
 
+    @abstractmethod
     def attach(self, other: Loaded) -> Loaded:
         """This task's model around ``other``'s backbone, shared and not copied, with any head of its own
         frozen: how an old task is scored on, and rehearsed into, the model being adapted."""
 
     @classmethod
+    @abstractmethod
     def chance(cls, rows: list[Row]) -> float:
         """The primary metric a model that knows nothing scores on ``rows``."""
 
-    # Optional members:
-    # * ``cache_split(loaded, strategy, layers) -> feature_cache.CacheSplit | None`` cuts the model at
-    #   the frozen/trainable boundary so the trainer can cache the frozen part's outputs. Tasks
-    #   without it (or returning None) always train through the whole model.
-    # * ``options_from_rows(train_rows) -> dict`` (classmethod): constructor options learnt from the
-    #   training data (VQA's answer vocabulary).
-    # * ``eval_rows(rows) -> rows``: merge rows before scoring (captioning: one row per image).
-    # * ``lora_modules_to_save(loaded) -> list[str]``: modules trained in full beside LoRA adapters.
-    # * ``field_names``: user-facing names of row fields in messages and reason codes.
+    # ---- optional members, with their defaults ------------------------------------------------
+
+    def cache_split(self, loaded: Loaded, strategy: str, layers: int | None) -> CacheSplit | None:
+        """Cut the model at the frozen/trainable boundary so the trainer can cache the frozen part's
+        outputs (``feature_cache``). Default: no cut, training runs through the whole model."""
+        return None
+
+    @classmethod
+    def options_from_rows(cls, rows: list[Row]) -> dict[str, Any]:
+        """Constructor options learnt from the training rows (VQA's answer vocabulary). Default: none."""
+        return {}
+
+    def eval_rows(self, rows: list[Row]) -> list[Row]:
+        """Rows as scored (captioning merges an image's captions into one row). Default: unchanged."""
+        return rows
+
+    def lora_modules_to_save(self, loaded: Loaded) -> list[str]:
+        """Modules trained in full beside LoRA adapters (a new head). Default: none."""
+        return []
 
 
-_REGISTRY: dict[str, Callable[..., Task]] = {}
+_REGISTRY: dict[str, type[Task]] = {}
+#: Entry-point group through which another package adds task families (pyproject.toml:
+#: ``[project.entry-points."modaltune.tasks"] mine = "my_package.my_task"``; loading it registers).
+ENTRY_POINT_GROUP = "modaltune.tasks"
+_discovered = False
 
 
-def register(name: str) -> Callable[[type], type]:
+def register(name: str) -> Callable[[type[Task]], type[Task]]:
     """Class decorator adding a task family under ``name``; duplicate names are a programming error."""
 
-    def wrap(cls: type) -> type:
+    def wrap(cls: type[Task]) -> type[Task]:
+        if not (isinstance(cls, type) and issubclass(cls, Task)):
+            raise TypeError(f"@register({name!r}) needs a subclass of modaltune.tasks.Task, got {cls!r}")
         if name in _REGISTRY:
             raise ValueError(f"task {name!r} is already registered by {_REGISTRY[name]!r}")
         cls.name = name
@@ -120,13 +167,13 @@ def register(name: str) -> Callable[[type], type]:
 
 
 def list_tasks() -> list[str]:
-    _import_builtin_tasks()
+    _discover()
     return sorted(_REGISTRY)
 
 
-def task_class(name: str) -> type:
+def task_class(name: str) -> type[Task]:
     """The registered class for ``name`` (its class attributes: required fields, metric, ...)."""
-    _import_builtin_tasks()
+    _discover()
     if name not in _REGISTRY:
         raise ConfigError(f"unknown task {name!r}; available tasks: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]
@@ -134,8 +181,8 @@ def task_class(name: str) -> type:
 
 def family_tasks(family: str) -> list[str]:
     """Registered task names of one model family."""
-    _import_builtin_tasks()
-    return sorted(name for name, cls in _REGISTRY.items() if getattr(cls, "family", None) == family)
+    _discover()
+    return sorted(name for name, cls in _REGISTRY.items() if cls.family == family)
 
 
 def create_task(name: str, **options: Any) -> Task:
@@ -143,9 +190,24 @@ def create_task(name: str, **options: Any) -> Task:
     return task_class(name)(**options)
 
 
-def _import_builtin_tasks() -> None:
-    # Imported lazily so that `import modaltune` stays cheap and heavy families load only when used.
-    from modaltune.tasks import caption, clip, vqa  # noqa: F401
+def _discover() -> None:
+    """Import every family once: each module of this package (no hand-kept list) and each entry point
+    of ``ENTRY_POINT_GROUP``. Lazy, so that ``import modaltune`` stays cheap."""
+    global _discovered
+    if _discovered:
+        return
+    _discovered = True  # first, since the modules imported below import this one
+    import modaltune.tasks as package
+
+    for module in pkgutil.iter_modules(package.__path__):
+        if not module.name.startswith("_"):
+            importlib.import_module(f"{package.__name__}.{module.name}")
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            entry.load()
+        except Exception as exc:  # a broken plug-in must not take the built-in families down with it
+            logger.warning("task family %r from %s could not be loaded and is skipped: %s", entry.name,
+                           entry.value, exc)
 
 
 def load_error(source: str | Path, exc: Exception) -> ModaltuneError:

@@ -14,7 +14,16 @@ from torch import nn
 
 from modaltune.data.rows import Row
 from modaltune.errors import ConfigError, ModaltuneError
-from modaltune.tasks.base import BackboneModel, Loaded, load_error, read_meta, register, unwrap, write_meta
+from modaltune.tasks.base import (
+    BackboneModel,
+    Loaded,
+    Task,
+    load_error,
+    read_meta,
+    register,
+    unwrap,
+    write_meta,
+)
 
 HEAD_FILE = "classifier.safetensors"
 DEFAULT_PROMPT = "a photo of a {}."
@@ -83,7 +92,7 @@ def _top_parameter_names(backbone: nn.Module, scopes: tuple[str, ...] | None) ->
     return names
 
 
-class DualEncoderTask:
+class DualEncoderTask(Task):
     """Shared plumbing for the two CLIP tasks; the subclasses differ in head, loss and metrics."""
 
     family = "clip"

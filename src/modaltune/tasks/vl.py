@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from modaltune.errors import ConfigError, ModaltuneError
-from modaltune.tasks.base import load_error, unwrap, write_meta
+from modaltune.tasks.base import Task, load_error, unwrap, write_meta
 
 #: Names of the ModuleLists that hold a stack's transformer blocks (CLIP/BLIP "layers", BERT/ViLT
 #: "layer", GPT-2 "h", timm-style "blocks").
@@ -109,7 +109,7 @@ def output_head_prefixes(backbone: nn.Module, prefix: str = "backbone.") -> list
     raise ConfigError(f"could not locate the output head of {type(model).__name__}")
 
 
-class StackedBlocksTask:
+class StackedBlocksTask(Task):
     """Strategy plumbing shared by the vision-language tasks: ``last-n`` trains the last blocks of
     every stack the model has, ``full`` everything, LoRA wraps the attention projections."""
 

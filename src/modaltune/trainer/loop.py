@@ -39,6 +39,7 @@ from modaltune.trainer.batches import (
     plan_epoch,
     steps_per_epoch,
 )
+from modaltune.trainer.terms import L2SPTerm, LossTerm, ReplayTerm, loss_parts, part_key
 
 #: Fault injection for the crash-resume tests: SIGKILL this process after this many micro-batches.
 KILL_ENV = "MODALTUNE_FAULT_KILL_AT_MICROSTEP"
@@ -157,20 +158,23 @@ def fit(
             parts["replay"] = replay.task.collate(old_loaded, old_items)
         return parts
 
-    def micro_batch_loss(parts: dict[str, dict[str, torch.Tensor]]) -> tuple[torch.Tensor, float | None]:
-        loss = target_loss(parts["target"])
-        if "replay" in parts:
-            # Every example of the mixed batch weighs the same, normalised by the target examples: the
-            # target term is exactly the loss without rehearsal (so --lr means the same), and the old
-            # rows add theirs on top.
-            n_target, n_old = _batch_len(parts["target"]), _batch_len(parts["replay"])
-            old_loss = replay.task.loss(old_loaded, parts["replay"])
-            loss = loss + (n_old / n_target) * old_loss
-        penalty = None
-        if l2sp is not None:
-            term = l2sp.l2sp_penalty(model, cfg.l2sp)
-            loss, penalty = loss + term, float(term.detach())
-        return loss, penalty
+    terms: list[LossTerm] = []
+    if replay is not None:
+        terms.append(ReplayTerm(replay.task, old_loaded))
+    if l2sp is not None:
+        terms.append(L2SPTerm(l2sp, model, cfg.l2sp))
+
+    def micro_batch_loss(batch: dict[str, dict[str, torch.Tensor]]) -> tuple[torch.Tensor, dict[str, float]]:
+        """The total to minimise and every part of it (the task's named parts, then each term)."""
+        parts = loss_parts(target_loss(batch["target"]))
+        total = parts["loss"]
+        logged = {part_key(name): float(value.detach()) for name, value in parts.items() if name != "loss"}
+        for term in terms:
+            value = term(batch)
+            if value is not None:
+                total = total + value
+                logged[term.name] = float(value.detach())
+        return total, logged
 
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, total_steps)
@@ -234,17 +238,18 @@ def fit(
             batches = loader(dataset, [b for g in pending for b in g], collate, workers=cfg.num_workers)
             for group in pending:
                 # -- one optimizer step over the micro-batches of this group --
-                losses, finite, penalty = [], True, None
+                losses, finite, logged = [], True, []
                 for _ in group:
                     batch = {part: {k: v.to(accelerator.device) for k, v in tensors.items()}
                              for part, tensors in next(batches).items()}
                     with accelerator.autocast():
-                        loss, penalty = micro_batch_loss(batch)
+                        loss, parts = micro_batch_loss(batch)
                     if not torch.isfinite(loss):
                         finite = False
                         continue
                     accelerator.backward(loss / len(group))
                     losses.append(loss.item())
+                    logged.append(parts)
                     micro_seen += 1
                     if kill_at and micro_seen == kill_at:
                         os.kill(os.getpid(), signal.SIGKILL)
@@ -270,7 +275,7 @@ def fit(
                      "elapsed": round(time.perf_counter() - started, 4),  # since this process started fitting
                      "loss": sum(losses) / len(losses) if losses else None,
                      "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm, "skipped": not finite,
-                     **({"l2sp": penalty} if penalty is not None else {})})
+                     **_mean_parts(logged)})
                 if progress is not None:
                     progress.advance(state.step, losses[-1] if losses else float("nan"))
 
@@ -307,8 +312,7 @@ def _feature_cache(cfg: TrainConfig, task: Task, loaded: Loaded, train_rows: Seq
     """Boundary tensors for train and validation rows when the frozen part sees fixed inputs."""
     if not cfg.feature_cache or cfg.augment or replay is not None:
         return None
-    make_split = getattr(task, "cache_split", None)
-    split = make_split(loaded, cfg.strategy, cfg.layers) if make_split else None
+    split = task.cache_split(loaded, cfg.strategy, cfg.layers)
     if split is None:
         return None
     from modaltune.feature_cache import FeatureDataset, default_cache_dir, get_features
@@ -348,8 +352,10 @@ def _speed_options(cfg: TrainConfig, task: Task, loaded: Loaded) -> None:
                 block.compile(dynamic=False)
 
 
-def _batch_len(batch: dict[str, torch.Tensor]) -> int:
-    return int(next(iter(batch.values())).shape[0])
+def _mean_parts(logged: list[dict[str, float]]) -> dict[str, float]:
+    """Each loss part's mean over the micro-batches of one step that had it."""
+    names = dict.fromkeys(name for parts in logged for name in parts)
+    return {name: sum(v) / len(v) for name in names if (v := [p[name] for p in logged if name in p])}
 
 
 @contextmanager
