@@ -8,7 +8,7 @@ split ``café`` into ``caf é`` moved BLEU-4 from 0.012 to 0.717 on one caption)
 
 This module re-implements that scanner for the options pycocoevalcap uses. Its token classes
 follow the scanner's grammar (CoreNLP 3.4.1, ``PTBLexer.flex``), read as the specification of the
-behaviour, and the result is checked token for token against the jar: ``tests/test_caption_reference.py``
+behaviour, and the result is checked token for token against the jar: ``tests/test_metrics_reference.py``
 pins 456 hard lines whose expected output the jar produced, and ``benchmarks/ptb_parity.py`` fuzzes
 and sweeps every BMP code point. It follows the JFlex scanner's semantics, which differ from
 Python's regular expressions in three ways that matter:
