@@ -14,8 +14,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from modaltune.data.formats import read_rows
-from modaltune.data.media import DEFAULT_MAX_PIXELS, MediaError, load_image
+from modaltune.data.media import DEFAULT_MAX_PIXELS, MediaError, get_decoder, load_image
+from modaltune.data.readers import read_rows
 from modaltune.data.rows import BadRow, Row
 from modaltune.errors import DataError
 
@@ -45,6 +45,12 @@ REASONS: dict[str, str] = {
 
 _ROW_FIELDS = {f.name for f in fields(Row)} - {"id", "extra"}
 
+#: Longest audio clip accepted by default, in seconds (``--max-audio-seconds``). Covers the common
+#: sets with room to spare (ESC-50 5 s, AudioSet/AudioCaps 10 s, Clotho 15-30 s) while an hour-long
+#: recording dropped into a folder by mistake is caught from its header before anything decodes it.
+#: CLAP's processor looks at 10 s of a clip anyway (longer ones are cropped or fused).
+DEFAULT_MAX_AUDIO_SECONDS = 60.0
+
 
 def validate_rows(
     rows: Iterable[Row],
@@ -53,18 +59,21 @@ def validate_rows(
     known_labels: set[str] | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     field_names: dict[str, str] | None = None,
+    max_audio_seconds: float | None = DEFAULT_MAX_AUDIO_SECONDS,
 ) -> tuple[list[Row], list[BadRow]]:
     """Split ``rows`` into usable rows and `BadRow`s (one per row: the first problem found).
 
     Cheap checks run first so a row with an empty label is not decoded. Every image is fully
-    decoded once here, so a corrupt file is found before training rather than in epoch 3.
+    decoded once here, so a corrupt file is found before training rather than in epoch 3. Audio is
+    checked by the audio decoder's `check`: from the header (format, frame count, length against
+    ``max_audio_seconds``; None: no limit) and the last frame, without decoding the whole clip.
     ``field_names`` renames fields for the task's messages and reason codes (captioning calls its
     ``text`` a caption: an empty one is ``empty_caption``).
     """
     good: list[Row] = []
     bad: list[BadRow] = []
     for row in rows:
-        problem = _check_row(row, require, known_labels, max_pixels, field_names or {})
+        problem = _check_row(row, require, known_labels, max_pixels, max_audio_seconds, field_names or {})
         if problem is None:
             good.append(row)
         else:
@@ -77,7 +86,12 @@ _EMPTY_REASONS = {"label": "empty_label", "text": "empty_text", "caption": "empt
 
 
 def _check_row(
-    row: Row, require: tuple[str, ...], known_labels: set[str] | None, max_pixels: int, names: dict[str, str]
+    row: Row,
+    require: tuple[str, ...],
+    known_labels: set[str] | None,
+    max_pixels: int,
+    max_audio_seconds: float | None,
+    names: dict[str, str],
 ) -> BadRow | None:
     for name in require:
         value = getattr(row, name) if name in _ROW_FIELDS else row.extra.get(name)
@@ -103,11 +117,10 @@ def _check_row(
         except MediaError as exc:
             return BadRow(row.id, exc.reason, exc.detail)
     if row.audio is not None:
-        # Audio decoding belongs to the audio task; here only what every format shares is checked.
-        if not row.audio.is_file():
-            return BadRow(row.id, "missing_file", f"{row.audio} does not exist")
-        if row.audio.stat().st_size == 0:
-            return BadRow(row.id, "empty_file", f"{row.audio} is 0 bytes")
+        try:
+            get_decoder("audio").check(row.audio, max_seconds=max_audio_seconds)
+        except MediaError as exc:
+            return BadRow(row.id, exc.reason, exc.detail)
     return None
 
 
@@ -159,15 +172,18 @@ def load_dataset(
     skip_bad: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     field_names: dict[str, str] | None = None,
+    data_format: str | None = None,
+    max_audio_seconds: float | None = DEFAULT_MAX_AUDIO_SECONDS,
 ) -> tuple[list[Row], DataReport]:
     """Read and validate ``path``: the usable rows and a `DataReport`.
 
     Raises `DataError` listing the bad rows unless ``skip_bad``; with ``skip_bad`` the bad rows are
-    left out and listed in the report. No usable rows at all is an error either way.
+    left out and listed in the report. No usable rows at all is an error either way. ``data_format``
+    names the reader (``--data-format``) instead of sniffing the layout.
     """
-    rows, format_bad, _root = read_rows(path, split=split, require=require)
+    rows, format_bad, _root = read_rows(path, split=split, require=require, data_format=data_format)
     good, media_bad = validate_rows(rows, require=require, known_labels=known_labels, max_pixels=max_pixels,
-                                    field_names=field_names)
+                                    field_names=field_names, max_audio_seconds=max_audio_seconds)
     # Back in file order (format-level problems were found in an earlier pass than media ones).
     bad = sorted(format_bad + media_bad, key=lambda b: _natural_key(b.id))
     source = str(Path(path)) + (f" (split {split})" if split else "")

@@ -1,0 +1,227 @@
+"""Source layouts → `Row`s: a registry of readers, chosen by sniffing the data or by ``--data-format``.
+
+Built-in readers, in the order they sniff (the first that claims a path reads it):
+
+========================  ==============================================================
+``vqa``                   the official VQA questions + annotations ``.json`` pair
+``coco-captions``         COCO captions ``.json`` (``images`` + ``annotations`` with ``caption``)
+``csv`` / ``jsonl``       manifests, by extension
+``folder``                class folders of images or audio; split folders
+========================  ==============================================================
+
+A folder that holds exactly one manifest (``.csv`` / ``.jsonl`` / ``.json``) at its top is that
+manifest; a folder of several is an error unless a reader claims the folder as a whole (the VQA
+pair). A ``.json`` that no reader claims is a `DataError` saying what it looks like (a COCO
+instances file, a LLaVA conversations file, …), never misread. With ``data_format`` the named reader
+reads the path whatever its name (``--data-format jsonl`` for JSON lines in a ``.json``,
+``--data-format folder`` for a class folder that also holds a stray ``.csv``).
+
+A new layout subclasses `Reader` (``name``, ``summary``, ``sniff``, ``read``) and calls
+`register_reader`; nothing else changes. Problems of single rows become `BadRow`s so the user
+sees all of them at once; problems with the whole input raise `DataError`. Files are only read.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from modaltune.data.readers.base import MANIFEST_EXTENSIONS, Reader, ReadResult, Source, dict_items
+from modaltune.data.readers.coco_captions import CocoCaptionsReader
+from modaltune.data.readers.folder import (
+    IMAGE_EXTENSIONS,
+    SPLIT_ALIASES,
+    FolderReader,
+    canonical_split,
+    discover_splits,
+)
+from modaltune.data.readers.tabular import CsvReader, JsonlReader
+from modaltune.data.readers.vqa import VqaReader
+from modaltune.errors import DataError
+
+_READERS: dict[str, Reader] = {}
+
+
+def register_reader(reader: Reader, *, before: str | None = None) -> Reader:
+    """Add ``reader`` under ``reader.name``; it sniffs after those registered earlier, or just
+    before the reader named ``before`` (a specific layout must sniff before a general one).
+    Raises `ValueError` for a name registered already."""
+    if reader.name in _READERS:
+        existing = type(_READERS[reader.name]).__name__
+        raise ValueError(f"a reader named {reader.name!r} is registered already ({existing})")
+    if before is None:
+        _READERS[reader.name] = reader
+        return reader
+    if before not in _READERS:
+        raise ValueError(f"no reader named {before!r} to register {reader.name!r} before")
+    items = list(_READERS.items())
+    at = [name for name, _ in items].index(before)
+    _READERS.clear()
+    _READERS.update(items[:at] + [(reader.name, reader)] + items[at:])
+    return reader
+
+
+def reader_names() -> list[str]:
+    """The ``--data-format`` names, in sniffing order."""
+    return list(_READERS)
+
+
+def get_reader(name: str) -> Reader:
+    """The reader registered as ``name``; `DataError` naming the known ones otherwise."""
+    try:
+        return _READERS[name]
+    except KeyError:
+        raise DataError(f"Unknown data format {name!r}; use one of: {', '.join(_READERS)}.") from None
+
+
+def accepted_layouts() -> str:
+    """One sentence listing the accepted layouts and their ``--data-format`` names, for messages."""
+    return ("Accepted: an image folder (root/<label>/*.jpg) or audio folder (root/<label>/*.wav|flac|ogg|mp3), "
+            "a folder with train/ val/ test/ inside, a .csv / .jsonl manifest with columns image (or audio), "
+            "label, text (or question, answer), a COCO captions .json, or the official VQA questions + "
+            f"annotations .json pair (--data-format {' | '.join(_READERS)}).")
+
+
+def read_rows(
+    path: str | Path,
+    *,
+    split: str | None = None,
+    require: tuple[str, ...] = ("image", "label"),
+    data_format: str | None = None,
+) -> ReadResult:
+    """Read ``path`` into rows, format-level bad rows, and the media root (the folder paths are inside).
+
+    ``require`` names the fields the task needs; a manifest without such a column at all raises
+    `DataError` (every row would fail). ``data_format`` names the reader to use instead of sniffing.
+    Row media paths are absolute, so the media root is only for display. Row ids are relative to
+    ``path`` (``cats/001.jpg``, ``train/pairs.jsonl:12``).
+    """
+    explicit = get_reader(data_format) if data_format is not None else None
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise DataError(f"Data path not found: {path}. {accepted_layouts()}")
+
+    if path.is_file():
+        if split is not None:
+            raise DataError(
+                f"split={split!r} was given but {path} is a single manifest file; splits are folders "
+                f"(train/ val/ test/) next to each other. Point at the folder holding them instead."
+            )
+        return read_path(path, require=require, id_prefix="", reader=explicit)
+
+    splits = discover_splits(path)
+    if split is not None:
+        canonical = canonical_split(split)
+        if canonical not in splits:
+            have = ", ".join(f"{p.name}/" for p in splits.values()) or "none"
+            raise DataError(
+                f"No {canonical!r} split in {path} (split folders found: {have}). "
+                f"Create {path / canonical}/ or use one of the splits found."
+            )
+        folder = splits[canonical]
+        return read_path(folder, require=require, id_prefix=f"{folder.name}/", reader=explicit)
+    if splits:
+        have = ", ".join(f"{p.name}/" for p in splits.values())
+        raise DataError(
+            f"{path} is divided into split folders ({have}); read one at a time with "
+            f"read_rows(path, split='train'), or point at {next(iter(splits.values()))} directly."
+        )
+    return read_path(path, require=require, id_prefix="", reader=explicit)
+
+
+def read_path(path: Path, *, require: tuple[str, ...], id_prefix: str, reader: Reader | None = None) -> ReadResult:
+    """Read one file or one (non-split) folder with ``reader``, or with the reader that sniffs it."""
+    source = Source(path)
+    if source.is_dir and not (reader is not None and reader.reads_folders):
+        whole = None if reader is not None else next(
+            (r for r in _READERS.values() if r.reads_folders and r.name != "folder" and r.sniff(source)), None)
+        if whole is not None:
+            return whole.read(source, require=require, id_prefix=id_prefix)
+        manifests = source.data_files()
+        if len(manifests) > 1:
+            names = ", ".join(p.name for p in manifests)
+            raise DataError(
+                f"{path} holds several manifests ({names}); it is unclear which one to read. "
+                f"Keep one, or point at the manifest file itself."
+            )
+        if not manifests:
+            if reader is not None:
+                raise DataError(f"--data-format {reader.name} reads a file, but {path} is a folder holding no "
+                                f"{' / '.join(MANIFEST_EXTENSIONS)} file. Point at the file itself.")
+            return _READERS["folder"].read(source, require=require, id_prefix=id_prefix)
+        source = source.child(manifests[0])
+    if reader is None:
+        reader = next((r for r in _READERS.values() if r.sniff(source)), None)
+    if reader is None:
+        if source.suffix == ".json":
+            raise DataError(_unknown_json(source))
+        raise DataError(
+            f"Unsupported data file {source.path} (extension {source.suffix or 'none'!r}). {accepted_layouts()}")
+    return reader.read(source, require=require, id_prefix=id_prefix)
+
+
+def _unknown_json(source: Source) -> str:
+    return (
+        f"{source.path} is not a COCO captions file nor any other .json layout modaltune reads: it is "
+        f"{describe_json(source.json())}. Readable .json layouts: COCO captions ('images' + 'annotations' "
+        f"whose entries have 'caption') and the official VQA questions + annotations pair; a manifest with one "
+        f"JSON object per line is JSONL (name it .jsonl, or pass --data-format jsonl). "
+        f"Layouts by --data-format name: {', '.join(_READERS)}."
+    )
+
+
+def describe_json(data: Any) -> str:
+    """What a parsed ``.json`` looks like, in words: its top-level keys, and the layout they suggest."""
+    if isinstance(data, dict):
+        keys = ", ".join(repr(k) for k in list(data)[:12]) + (", …" if len(data) > 12 else "")
+        annotations = dict_items(data.get("annotations"))
+        if any("bbox" in a for a in annotations):
+            if any("keypoints" in a for a in annotations):
+                return f"a COCO keypoints file (top-level keys {keys}): keypoint detection is not supported yet"
+            return (f"a COCO instances file (top-level keys {keys}; annotations with 'bbox'): "
+                    f"detection is not supported yet")
+        if any("segments_info" in a for a in annotations):
+            return f"a COCO panoptic file (top-level keys {keys}): segmentation is not supported yet"
+        if annotations:
+            ann_keys = ", ".join(repr(k) for k in annotations[0])
+            return f"a JSON object with top-level keys {keys} whose annotations have keys {ann_keys}"
+        return f"a JSON object with top-level keys {keys}" if data else "an empty JSON object"
+    if isinstance(data, list):
+        items = dict_items(data)
+        if any("conversations" in x for x in items):
+            return ("a LLaVA conversations file (a list of {'image', 'conversations'} objects): visual chat "
+                    "is not supported yet")
+        if any("messages" in x for x in items):
+            return "a chat file of 'messages' lists: visual chat is not supported yet"
+        if items:
+            keys = sorted({k for x in items for k in x})
+            shown = ", ".join(repr(k) for k in keys[:12]) + (", …" if len(keys) > 12 else "")
+            return f"a JSON list of {len(data)} objects with keys {shown}"
+        if not data:
+            return "an empty JSON list"
+        return f"a JSON list of {len(data)} {type(data[0]).__name__} values"
+    return f"a single JSON {type(data).__name__} value"
+
+
+register_reader(VqaReader())
+register_reader(CocoCaptionsReader())
+register_reader(CsvReader())
+register_reader(JsonlReader())
+register_reader(FolderReader())
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "MANIFEST_EXTENSIONS",
+    "SPLIT_ALIASES",
+    "ReadResult",
+    "Reader",
+    "Source",
+    "accepted_layouts",
+    "describe_json",
+    "discover_splits",
+    "get_reader",
+    "read_path",
+    "read_rows",
+    "reader_names",
+    "register_reader",
+]
