@@ -16,7 +16,17 @@ from torch import nn
 from modaltune.errors import ConfigError
 from modaltune.tasks.base import Loaded, Task
 
-STRATEGIES = ("zero-shot", "linear-probe", "last-n", "full", "lora", "scratch")
+STRATEGIES = ("zero-shot", "linear-probe", "last-n", "full", "lora", "scratch", "towers")
+#: What a component (a tower, or "head": everything the task uses outside the towers) can do
+#: under ``--strategy towers``.
+TOWER_MODES = ("frozen", "full", "last-n", "lora")
+#: Components besides the towers: the backbone's parameters outside every tower (CLIP's
+#: projections, logit scale) and the task's own head.
+PROJECTIONS = "projections"
+HEAD = "head"
+#: Parameters below a tower's first block (patch/token embeddings, CLIP's pre-norm): kept frozen
+#: by last-n, as the shorthand last-n does.
+_BELOW_BLOCKS = ("embed", "pre_layrnorm", "pre_layernorm")
 
 
 @dataclass
@@ -31,6 +41,41 @@ class StrategyInfo:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class TowerSetting:
+    """How one component trains: ``frozen``, ``full``, ``last-n`` (its last ``layers`` blocks) or ``lora``."""
+
+    mode: str
+    layers: int | None = None
+
+    def __str__(self) -> str:
+        return f"last-n {self.layers}" if self.mode == "last-n" else self.mode
+
+
+_FROZEN = TowerSetting("frozen")
+
+
+def parse_towers(spec: str | dict[str, str]) -> dict[str, TowerSetting]:
+    """``"vision=last-n:2,text=frozen,head=full"`` (or the same as a mapping) → settings per component."""
+    items = spec.items() if isinstance(spec, dict) else (
+        part.split("=", 1) if "=" in part else (part, "") for part in spec.split(",") if part.strip())
+    settings: dict[str, TowerSetting] = {}
+    for name, value in items:
+        name, value = name.strip(), str(value).strip().replace(" ", ":")
+        mode, _, layers = value.partition(":")
+        if not name or mode not in TOWER_MODES or (mode == "last-n") != bool(layers) or (
+                layers and not layers.isdigit()):
+            raise ConfigError(
+                f"bad tower setting {name}={value!r}: write component=mode with mode one of frozen, full, "
+                "last-n:N, lora, e.g. --towers 'vision=last-n:2,text=frozen,head=full'")
+        if name in settings:
+            raise ConfigError(f"component {name!r} is set twice in --towers")
+        settings[name] = TowerSetting(mode, int(layers) if layers else None)
+    if not settings:
+        raise ConfigError("--strategy towers needs --towers, e.g. 'vision=last-n:2,text=frozen,head=full'")
+    return settings
+
+
 @dataclass
 class LoraOptions:
     rank: int = 8
@@ -39,12 +84,23 @@ class LoraOptions:
 
 
 def apply_strategy(
-    task: Task, loaded: Loaded, strategy: str, *, layers: int | None = None, lora: LoraOptions | None = None
+    task: Task, loaded: Loaded, strategy: str, *, layers: int | None = None, lora: LoraOptions | None = None,
+    towers: str | dict[str, str] | None = None,
 ) -> StrategyInfo:
-    """Freeze/unfreeze (or wrap with PEFT) ``loaded.model`` in place for ``strategy``."""
+    """Freeze/unfreeze (or wrap with PEFT) ``loaded.model`` in place for ``strategy``.
+
+    ``towers`` (with strategy "towers") sets each component on its own: a tower of the model
+    (``vision``, ``text``, ...: see ``modaltune.models``), ``projections`` (the backbone's
+    parameters outside the towers) or ``head`` (the task's own head). For CLIP, three strategies
+    are shorthands for it: ``last-n N`` = each tower the task uses at ``last-n:N`` + projections,
+    ``full`` = each tower it uses + projections + head, ``lora`` = ``lora`` on each tower it uses +
+    head.
+    """
     model = loaded.model
     if strategy not in STRATEGIES:
         raise ConfigError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    if towers is not None and strategy != "towers":
+        raise ConfigError(f"--towers only applies to --strategy towers (got strategy {strategy!r})")
     if strategy != "last-n" and layers is not None and strategy != "auto":
         raise ConfigError(f"--layers only applies to --strategy last-n (got strategy {strategy!r})")
 
@@ -61,6 +117,8 @@ def apply_strategy(
         description = "pretrained model frozen; only the head trains"
     elif strategy == "last-n":
         description = _apply_last_n(task, loaded, layers)
+    elif strategy == "towers":
+        description = _apply_towers(task, loaded, parse_towers(towers or ""), lora or LoraOptions())
     else:
         description = _apply_lora(task, loaded, lora or LoraOptions())
 
@@ -99,25 +157,96 @@ def _apply_last_n(task: Task, loaded: Loaded, layers: int | None) -> str:
 
 
 def _apply_lora(task: Task, loaded: Loaded, options: LoraOptions) -> str:
-    from peft import LoraConfig, get_peft_model
-
     model = loaded.model
     head = task.probe_parameters(loaded) if not _is_backbone_only(task, loaded) else []
-    to_save = task.lora_modules_to_save(loaded)
-    config = LoraConfig(
-        r=options.rank, lora_alpha=options.alpha, lora_dropout=options.dropout,
-        target_modules=task.lora_targets(loaded), bias="none",
-        modules_to_save=to_save or None,
-    )
     model.requires_grad_(False)
-    with warnings.catch_warnings():
-        # peft reads transformers' deprecated `is_gradient_checkpointing`: nothing the user can change.
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        model.backbone = get_peft_model(model.backbone, config)
+    _wrap_lora(model, task.lora_targets(loaded), options, task.lora_modules_to_save(loaded))
     for name, param in model.named_parameters():
         if any(name.startswith(p) for p in head):
             param.requires_grad_(True)
     return f"LoRA adapters (r={options.rank}, alpha={options.alpha}) on attention projections; the rest frozen"
+
+
+def _apply_towers(task: Task, loaded: Loaded, settings: dict[str, TowerSetting], options: LoraOptions) -> str:
+    """Each component as set; components not named stay frozen."""
+    from modaltune.models import adapter_for
+    from modaltune.tasks.base import unwrap
+
+    model = loaded.model
+    backbone = unwrap(model.backbone)
+    adapter = adapter_for(backbone)
+    towers = adapter.towers(backbone)
+    _check_towers(task, loaded, settings, towers, backbone)
+    lora_towers = [name for name, setting in settings.items() if setting.mode == "lora"]
+    head_trains = settings.get(HEAD, _FROZEN).mode == "full"
+
+    model.requires_grad_(False)
+    if lora_towers:
+        _wrap_lora(model, adapter.lora_pattern(backbone, lora_towers), options,
+                   task.lora_modules_to_save(loaded) if head_trains else [])
+    inner = "backbone.base_model.model." if lora_towers else "backbone."
+    used = _rebase(task.used_parameters(loaded), inner)
+    for name, param in model.named_parameters():
+        if "lora_" in name or not any(name.startswith(p) for p in used):
+            continue
+        if not name.startswith(inner):
+            component, relative = HEAD, name
+        else:
+            relative = name[len(inner):]
+            component = adapter.tower_of(backbone, relative) or PROJECTIONS
+        setting = settings.get(component, _FROZEN)
+        if setting.mode == "full":
+            param.requires_grad_(True)
+        elif setting.mode == "last-n" and not relative.startswith(towers[component].blocks + "."):
+            # above the blocks (final norms, pooler) trains with them; below (embeddings) does not
+            param.requires_grad_(not any(part in relative for part in _BELOW_BLOCKS))
+    for name, setting in settings.items():
+        if setting.mode == "last-n":
+            for block in list(backbone.get_submodule(towers[name].blocks))[-(setting.layers or 0):]:
+                block.requires_grad_(True)
+    chosen = ", ".join(f"{name} {setting}" for name, setting in settings.items())
+    return f"per component: {chosen}; components not named are frozen"
+
+
+def _check_towers(task: Task, loaded: Loaded, settings: dict[str, TowerSetting], towers: dict[str, Any],
+                  backbone: nn.Module) -> None:
+    unknown = sorted(set(settings) - set(towers) - {PROJECTIONS, HEAD})
+    if unknown:
+        raise ConfigError(f"--towers names {', '.join(unknown)}, which this model does not have; its components: "
+                          f"{', '.join([*towers, PROJECTIONS, HEAD])}")
+    used = task.used_parameters(loaded)
+    for name, setting in settings.items():
+        if name in (PROJECTIONS, HEAD):
+            if setting.mode not in ("frozen", "full"):
+                raise ConfigError(f"{name} is either frozen or full, not {setting}")
+            continue
+        prefix = "backbone." + towers[name].prefix + "."
+        if setting.mode != "frozen" and not any(prefix.startswith(p) or p.startswith(prefix) for p in used):
+            raise ConfigError(f"task {task.name!r} does not use the {name} tower, so it cannot train; "
+                              "set it to frozen or leave it out")
+        depth = len(backbone.get_submodule(towers[name].blocks))
+        if setting.mode == "last-n" and not 1 <= (setting.layers or 0) <= depth:
+            raise ConfigError(f"{name}=last-n:{setting.layers}: the {name} tower has {depth} blocks")
+    trained = {setting.mode for name, setting in settings.items() if name != HEAD} - {"frozen"}
+    if "lora" in trained and trained != {"lora"}:
+        raise ConfigError("a LoRA tower combines with frozen towers and a trained head only (adapter/ would not "
+                          "hold fully trained weights); use lora on several towers, or last-n/full without lora")
+
+
+def _rebase(prefixes: list[str], inner: str) -> list[str]:
+    """Parameter prefixes written against the plain backbone, moved under a PEFT wrapper when there is one."""
+    return [inner + p[len("backbone."):] if p.startswith("backbone.") else p for p in prefixes]
+
+
+def _wrap_lora(model: nn.Module, targets: str | list[str], options: LoraOptions, to_save: list[str]) -> None:
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=options.rank, lora_alpha=options.alpha, lora_dropout=options.dropout,
+                        target_modules=targets, bias="none", modules_to_save=to_save or None)
+    with warnings.catch_warnings():
+        # peft reads transformers' deprecated `is_gradient_checkpointing`: nothing the user can change.
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        model.backbone = get_peft_model(model.backbone, config)
 
 
 def _is_backbone_only(task: Task, loaded: Loaded) -> bool:

@@ -14,6 +14,7 @@ from torch import nn
 
 from modaltune.data.rows import Row
 from modaltune.errors import ConfigError, ModaltuneError
+from modaltune.models import adapter_for
 from modaltune.tasks.base import (
     BackboneModel,
     Loaded,
@@ -106,10 +107,14 @@ class DualEncoderTask(Task):
 
     def blocks(self, loaded: Loaded) -> dict[str, list[nn.Module]]:
         model = unwrap(loaded.model.backbone)
-        found = {"vision": list(model.vision_model.encoder.layers)}
-        if self.scopes is None:
-            found["text"] = list(model.text_model.encoder.layers)
-        return found
+        return {name: blocks for name, blocks in adapter_for(model).blocks(model).items()
+                if name in self._towers(model)}
+
+    def _towers(self, model: nn.Module) -> list[str]:
+        """The towers this task's forward pass goes through (all of them unless ``scopes`` narrows it)."""
+        towers = adapter_for(model).towers(model)
+        return [name for name, tower in towers.items()
+                if self.scopes is None or any(scope.startswith(tower.prefix + ".") for scope in self.scopes)]
 
     def top_parameters(self, loaded: Loaded) -> list[str]:
         return _top_parameter_names(loaded.model.backbone, self.scopes)
@@ -123,8 +128,8 @@ class DualEncoderTask(Task):
         return [inner + scope for scope in self.scopes] + ["head."]
 
     def lora_targets(self, loaded: Loaded) -> str:
-        towers = "vision_model" if self.scopes is not None else "(vision_model|text_model)"
-        return rf".*{towers}\.encoder\.layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj|out_proj)"
+        model = unwrap(loaded.model.backbone)
+        return adapter_for(model).lora_pattern(model, self._towers(model))
 
 
 class ClipClassifier(nn.Module):

@@ -17,15 +17,11 @@ import torch
 from torch import nn
 
 from modaltune.errors import ConfigError, ModaltuneError
+from modaltune.models.base import ATTENTION_PROJECTIONS, StructuralAdapter
 from modaltune.tasks.base import Task, load_error, unwrap, write_meta
 
-#: Names of the ModuleLists that hold a stack's transformer blocks (CLIP/BLIP "layers", BERT/ViLT
-#: "layer", GPT-2 "h", timm-style "blocks").
-STACK_NAMES = ("layers", "layer", "h", "blocks")
-#: Attention projections LoRA wraps: separate q/k/v (+ output) projections in either naming
-#: scheme, fused qkv (BLIP's vision tower) and its output projection.
-LORA_PATTERN = (r".*\.(query|key|value|q_proj|k_proj|v_proj|out_proj|o_proj|qkv|"
-                r"self_attn\.projection|attention\.output\.dense|crossattention\.output\.dense)$")
+#: Attention projections LoRA wraps, in every block stack of the model.
+LORA_PATTERN = rf".*\.({ATTENTION_PROJECTIONS})$"
 #: Parameters below the first block of a stack: frozen by last-n, like CLIP's embeddings.
 _BELOW_BLOCKS = ("embed", "pre_layrnorm", "pre_layernorm")
 
@@ -63,17 +59,12 @@ def load_pretrained(source: str | Path, auto_classes: tuple[str, ...], *, scratc
 
 def stacks(model: nn.Module) -> dict[str, list[nn.Module]]:
     """Every block stack (outermost ModuleLists named like ``layers``), by their dotted path."""
-    found: dict[str, list[nn.Module]] = {}
-    for name, module in unwrap(model).named_modules():
-        if not isinstance(module, nn.ModuleList) or name.rsplit(".", 1)[-1] not in STACK_NAMES or not len(module):
-            continue
-        if any(name.startswith(prefix + ".") for prefix in found):
-            continue  # a list inside a block (e.g. an MLP's layers) is not a stack of its own
-        found[name] = list(module)
-    if not found:
-        raise ConfigError(f"found no transformer block stack in {type(unwrap(model)).__name__}; "
+    backbone = unwrap(model)
+    towers = StructuralAdapter().towers(backbone)
+    if not towers:
+        raise ConfigError(f"found no transformer block stack in {type(backbone).__name__}; "
                           "last-n needs one (use full, lora or linear-probe)")
-    return found
+    return {tower.blocks: list(backbone.get_submodule(tower.blocks)) for tower in towers.values()}
 
 
 def top_parameter_names(backbone: nn.Module, prefix: str = "backbone.") -> list[str]:

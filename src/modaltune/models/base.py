@@ -1,0 +1,122 @@
+"""The adapter contract, the registry by ``config.model_type`` and the structural fallback."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import ClassVar
+
+from torch import nn
+
+from modaltune.errors import ConfigError
+
+#: Names of the ModuleLists that hold a stack's transformer blocks (CLIP/BLIP "layers", BERT/ViLT
+#: "layer", GPT-2 "h", timm-style "blocks").
+STACK_NAMES = ("layers", "layer", "h", "blocks")
+#: Attention projection module names LoRA wraps: separate q/k/v (+ output) projections in either
+#: naming scheme, fused qkv (BLIP's vision tower) and its output projection.
+ATTENTION_PROJECTIONS = (r"query|key|value|q_proj|k_proj|v_proj|out_proj|o_proj|qkv|"
+                         r"self_attn\.projection|attention\.output\.dense|crossattention\.output\.dense")
+
+
+@dataclass(frozen=True)
+class Tower:
+    """One encoder (or decoder) of a model: its module path and the path of its block list."""
+
+    name: str
+    prefix: str  # e.g. "vision_model": every parameter under it belongs to the tower (or to a deeper one)
+    blocks: str  # e.g. "vision_model.encoder.layers": the ordered transformer blocks
+
+
+class ModelAdapter:
+    """Architecture facts of a model type. Subclasses list their ``model_types`` and towers."""
+
+    model_types: ClassVar[tuple[str, ...]] = ()
+    #: (name, prefix, blocks) of the towers this type always has.
+    tower_specs: ClassVar[tuple[tuple[str, str, str], ...]] = ()
+
+    def towers(self, model: nn.Module) -> dict[str, Tower]:
+        """The model's towers by name, in a stable order."""
+        return {name: Tower(name, prefix, blocks) for name, prefix, blocks in self.tower_specs
+                if _has_module(model, blocks)}
+
+    def blocks(self, model: nn.Module) -> dict[str, list[nn.Module]]:
+        """Each tower's blocks, first to last."""
+        return {name: list(model.get_submodule(tower.blocks)) for name, tower in self.towers(model).items()}
+
+    def tower_of(self, model: nn.Module, parameter: str) -> str | None:
+        """The tower a parameter name (relative to the model) belongs to: the deepest prefix wins."""
+        best: Tower | None = None
+        for tower in self.towers(model).values():
+            if parameter.startswith(tower.prefix + ".") and (best is None or len(tower.prefix) > len(best.prefix)):
+                best = tower
+        return best.name if best else None
+
+    def lora_pattern(self, model: nn.Module, towers: list[str] | None = None) -> str:
+        """A PEFT ``target_modules`` regex for the attention projections inside ``towers`` (all if None)."""
+        chosen = self.towers(model)
+        paths = [re.escape(chosen[name].blocks) for name in (towers or list(chosen))]
+        return rf"({'|'.join(paths)})\.\d+\.(.*\.)?({ATTENTION_PROJECTIONS})$"
+
+
+class StructuralAdapter(ModelAdapter):
+    """For model types no adapter knows: towers are the outermost block stacks found by shape."""
+
+    def towers(self, model: nn.Module) -> dict[str, Tower]:
+        found: dict[str, Tower] = {}
+        for path, module in model.named_modules():
+            if not isinstance(module, nn.ModuleList) or path.rsplit(".", 1)[-1] not in STACK_NAMES or not len(module):
+                continue
+            if any(path.startswith(tower.blocks + ".") for tower in found.values()):
+                continue  # a list inside a block (an MLP's layers) is not a stack of its own
+            parts = path.split(".")
+            # "vision_model.encoder.layers" → "vision_model"; "git.encoder.layer" → "git"; "h" → ""
+            prefix = ".".join(parts[:-2] if len(parts) > 1 and parts[-2] == "encoder" else parts[:-1])
+            found[prefix or path] = Tower(prefix or path, prefix or path, path)
+        return found
+
+
+_ADAPTERS: dict[str, ModelAdapter] = {}
+
+
+def register_adapter(cls: type[ModelAdapter]) -> type[ModelAdapter]:
+    """Class decorator: the adapter for each of ``cls.model_types`` (a type claimed twice is an error)."""
+    for model_type in cls.model_types:
+        if model_type in _ADAPTERS:
+            owner = type(_ADAPTERS[model_type]).__name__
+            raise ValueError(f"model type {model_type!r} already has the adapter {owner}")
+    instance = cls()
+    for model_type in cls.model_types:
+        _ADAPTERS[model_type] = instance
+    return cls
+
+
+def registered_model_types() -> list[str]:
+    _builtin()
+    return sorted(_ADAPTERS)
+
+
+def adapter_for(model: nn.Module) -> ModelAdapter:
+    """The adapter of ``model`` (a plain transformers model) by its config's model_type, else structural."""
+    _builtin()
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    adapter = _ADAPTERS.get(model_type or "")
+    if adapter is not None and adapter.towers(model):
+        return adapter
+    fallback = StructuralAdapter()
+    if not fallback.towers(model):
+        raise ConfigError(f"found no transformer block stack in {type(model).__name__}; strategies that "
+                          "re-train blocks need one (use full, lora or linear-probe)")
+    return fallback
+
+
+def _has_module(model: nn.Module, path: str) -> bool:
+    try:
+        model.get_submodule(path)
+    except AttributeError:
+        return False
+    return True
+
+
+def _builtin() -> None:
+    from modaltune.models import dual_encoder  # noqa: F401  (registers on import)
