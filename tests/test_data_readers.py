@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from modaltune.config import build_config
 from modaltune.data import load_dataset, read_rows, readers
 from modaltune.data.readers import Reader, get_reader, reader_names, register_reader
 from modaltune.data.readers.base import Source
-from modaltune.errors import DataError
+from modaltune.errors import ConfigError, DataError
 from modaltune.testing import synthetic_audio as sa
 
 FORMAT_NAMES = ("vqa", "coco-captions", "csv", "jsonl", "folder")
@@ -311,3 +312,32 @@ def test_flat_audio_folder_without_labels_and_loose_clips_with(tmp_path):
     rows, bad, _ = read_rows(tmp_path, require=("audio", "label"))
     assert rows == [] and [(b.id, b.reason) for b in bad] == [("a.ogg", "missing_field")]
     assert bad[0].detail.startswith("audio file is directly in")
+
+
+# --- config and API ------------------------------------------------------------------------------
+
+
+def test_config_declares_data_format_and_audio_limit():
+    cfg = build_config(task="classify", model="m", data="d", data_format="coco-captions", max_audio_seconds=5)
+    assert (cfg.data_format, cfg.max_audio_seconds) == ("coco-captions", 5.0)
+    assert build_config(task="classify", model="m", data="d").max_audio_seconds == 60.0
+    with pytest.raises(ConfigError, match="data_format: .*unknown data format 'xml'; use one of: vqa"):
+        build_config(task="classify", model="m", data="d", data_format="xml")
+    with pytest.raises(ConfigError, match="max_audio_seconds"):
+        build_config(task="classify", model="m", data="d", max_audio_seconds=0)
+
+
+def test_api_validate_and_splits_take_the_data_format(tmp_path):
+    from modaltune.api import load_splits, validate
+    from modaltune.tasks.base import task_class
+
+    for i in range(6):
+        _img(tmp_path / f"{i}.png", color=(i * 40, 0, 0))
+    (tmp_path / "rows.json").write_text("".join(json.dumps({"image": f"{i}.png", "label": label}) + "\n"
+                                                for i, label in enumerate(("cat", "dog") * 3)))
+    with pytest.raises(DataError, match="--data-format jsonl"):
+        validate("classify", tmp_path / "rows.json")
+    assert validate("classify", tmp_path / "rows.json", data_format="jsonl")["all"]["rows_ok"] == 6
+    cfg = build_config(task="classify", model="m", data=str(tmp_path / "rows.json"), data_format="jsonl")
+    splits = load_splits(cfg, task_class("classify"))
+    assert len(splits.train) + len(splits.val) == 6 and splits.labels == ["cat", "dog"]

@@ -11,6 +11,7 @@ import torch
 
 from modaltune.config import TrainConfig
 from modaltune.data.rows import Row
+from modaltune.data.validate import DEFAULT_MAX_AUDIO_SECONDS
 from modaltune.errors import ConfigError, DataError
 from modaltune.run import RunDir, resolve_model_dir
 from modaltune.tasks.base import Loaded, Task, create_task, read_meta, task_class
@@ -27,11 +28,13 @@ class Splits:
     labels: list[str] | None
 
 
-def _load(path: str | Path, task_cls: Any, *, split: str | None, known: set[str] | None, skip_bad: bool):
+def _load(path: str | Path, task_cls: Any, *, split: str | None, known: set[str] | None, skip_bad: bool,
+          data_format: str | None = None, max_audio_seconds: float | None = DEFAULT_MAX_AUDIO_SECONDS):
     from modaltune.data import load_dataset
 
     return load_dataset(path, require=task_cls.required, split=split, known_labels=known, skip_bad=skip_bad,
-                        field_names=task_cls.field_names)
+                        field_names=task_cls.field_names, data_format=data_format,
+                        max_audio_seconds=max_audio_seconds)
 
 
 def load_splits(cfg: TrainConfig, task_cls: Any) -> Splits:
@@ -40,15 +43,16 @@ def load_splits(cfg: TrainConfig, task_cls: Any) -> Splits:
 
     splits = discover_splits(cfg.data) if Path(cfg.data).is_dir() else {}
     train_split = "train" if "train" in splits else None
-    train, train_report = _load(cfg.data, task_cls, split=train_split, known=None, skip_bad=cfg.skip_bad)
+    read = {"skip_bad": cfg.skip_bad, "data_format": cfg.data_format, "max_audio_seconds": cfg.max_audio_seconds}
+    train, train_report = _load(cfg.data, task_cls, split=train_split, known=None, **read)
     labels = sorted({r.label for r in train}) if task_cls.uses_labels else None
     known = set(labels) if labels else None
     report: dict[str, Any] = {"train": train_report.to_dict()}
     if cfg.val is not None:
-        val, val_report = _load(cfg.val, task_cls, split=None, known=known, skip_bad=cfg.skip_bad)
+        val, val_report = _load(cfg.val, task_cls, split=None, known=known, **read)
         report["val"], report["split"] = val_report.to_dict(), f"validation data from {cfg.val}"
     elif "val" in splits:
-        val, val_report = _load(cfg.data, task_cls, split="val", known=known, skip_bad=cfg.skip_bad)
+        val, val_report = _load(cfg.data, task_cls, split="val", known=known, **read)
         report["val"], report["split"] = val_report.to_dict(), "the data's own val/ folder"
     else:
         train, val = train_val_split(train, val_fraction=cfg.val_fraction, seed=cfg.seed,
@@ -60,15 +64,20 @@ def load_splits(cfg: TrainConfig, task_cls: Any) -> Splits:
     return Splits(train=train, val=val, report=report, labels=labels)
 
 
-def validate(task: str, data: str | Path, *, skip_bad: bool = True) -> dict[str, Any]:
-    """The data report for ``data`` as ``task`` would read it (no model, no training)."""
+def validate(task: str, data: str | Path, *, skip_bad: bool = True, data_format: str | None = None,
+             max_audio_seconds: float | None = DEFAULT_MAX_AUDIO_SECONDS) -> dict[str, Any]:
+    """The data report for ``data`` as ``task`` would read it (no model, no training).
+
+    ``data_format`` names the reader instead of sniffing; audio clips longer than
+    ``max_audio_seconds`` are ``audio_too_long``."""
     from modaltune.data import discover_splits
 
     task_cls = task_class(task)
     splits = discover_splits(data) if Path(data).is_dir() else {}
     reports = {}
     for split in splits or [None]:
-        rows, report = _load(data, task_cls, split=split, known=None, skip_bad=skip_bad)
+        rows, report = _load(data, task_cls, split=split, known=None, skip_bad=skip_bad, data_format=data_format,
+                             max_audio_seconds=max_audio_seconds)
         reports[split or "all"] = report.to_dict()
     return reports
 
@@ -329,19 +338,26 @@ def load_model(model_or_run: str | Path, *, task: str | None = None, labels: lis
 
 
 def evaluate(model_or_run: str | Path, data: str | Path | None = None, *, task: str | None = None,
-             rows: list[Row] | None = None, batch_size: int = 64, skip_bad: bool = False) -> dict[str, Any]:
-    """The task's metrics of a model on ``data`` (or, for a run directory, on its validation data)."""
+             rows: list[Row] | None = None, batch_size: int = 64, skip_bad: bool = False,
+             data_format: str | None = None,
+             max_audio_seconds: float | None = DEFAULT_MAX_AUDIO_SECONDS) -> dict[str, Any]:
+    """The task's metrics of a model on ``data`` (or, for a run directory, on its validation data).
+
+    ``data_format`` and ``max_audio_seconds`` apply to ``data`` as in `validate`."""
     from modaltune.inference import evaluate_rows
 
     if rows is None:
-        rows = _eval_rows(model_or_run, data, task=task, skip_bad=skip_bad)
+        rows = _eval_rows(model_or_run, data, task=task, skip_bad=skip_bad, data_format=data_format,
+                          max_audio_seconds=max_audio_seconds)
     labels = sorted({r.label for r in rows if r.label}) or None
     meta = read_meta(resolve_model_dir(model_or_run)) if Path(model_or_run).is_dir() else None
     instance, loaded = load_model(model_or_run, task=task, labels=None if meta else labels)
     return evaluate_rows(instance, loaded, rows, batch_size=batch_size)
 
 
-def _eval_rows(model_or_run: str | Path, data: str | Path | None, *, task: str | None, skip_bad: bool) -> list[Row]:
+def _eval_rows(model_or_run: str | Path, data: str | Path | None, *, task: str | None, skip_bad: bool,
+               data_format: str | None = None,
+               max_audio_seconds: float | None = DEFAULT_MAX_AUDIO_SECONDS) -> list[Row]:
     run = RunDir(Path(model_or_run))
     if data is None:
         if not run.config.is_file():
@@ -360,7 +376,8 @@ def _eval_rows(model_or_run: str | Path, data: str | Path | None, *, task: str |
 
     splits = discover_splits(data) if Path(data).is_dir() else {}
     split = next((s for s in ("test", "val") if s in splits), None)
-    rows, _ = _load(data, task_cls, split=split, known=None, skip_bad=skip_bad)
+    rows, _ = _load(data, task_cls, split=split, known=None, skip_bad=skip_bad, data_format=data_format,
+                    max_audio_seconds=max_audio_seconds)
     return rows
 
 

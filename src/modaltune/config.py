@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from modaltune.data.validate import DEFAULT_MAX_AUDIO_SECONDS
 from modaltune.errors import ConfigError
 
 Strategy = Literal["auto", "zero-shot", "linear-probe", "last-n", "full", "lora", "scratch"]
@@ -61,6 +62,10 @@ class TrainConfig(BaseModel):
     nan_policy: Literal["raise", "skip"] = "raise"
     max_bad_steps: int = Field(default=5, ge=1, description="with nan_policy=skip: abort after this many in a row")
     skip_bad: bool = False
+    data_format: str | None = Field(default=None, description=(
+        "reader of --data and --val instead of sniffing: vqa | coco-captions | csv | jsonl | folder"))
+    max_audio_seconds: float | None = Field(default=DEFAULT_MAX_AUDIO_SECONDS, gt=0, description=(
+        "longer audio clips are bad rows (audio_too_long); null: no limit"))
     val_fraction: float = Field(default=0.2, gt=0, lt=1)
     prompt_template: str = "a photo of a {}."
     lora_rank: int = Field(default=8, ge=1)
@@ -87,6 +92,16 @@ class TrainConfig(BaseModel):
     max_forgetting: float | None = Field(
         default=None, ge=0, description="wise-ft auto: largest allowed old-task drop (absolute metric points)")
     l2sp: float | None = Field(default=None, ge=0, description="strength of the L2 pull towards the base weights")
+
+    @field_validator("data_format")
+    @classmethod
+    def _known_format(cls, value: str | None) -> str | None:
+        if value is not None:
+            from modaltune.data.readers import reader_names
+
+            if value not in reader_names():
+                raise ValueError(f"unknown data format {value!r}; use one of: {', '.join(reader_names())}")
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
