@@ -26,8 +26,8 @@ def machine() -> str:
 
 
 def build_model(root: Path, captions: list[str], **dims) -> Path:
-    from modaltune.data.synthetic import vocabulary_texts
-    from modaltune.tiny import build_clip
+    from modaltune.testing.synthetic import vocabulary_texts
+    from modaltune.testing.tiny_clip import build_clip
 
     out = root / "model"
     if not (out / "config.json").exists():
@@ -36,7 +36,7 @@ def build_model(root: Path, captions: list[str], **dims) -> Path:
 
 
 def caption_data(root: Path, n: int, image_size: int) -> Path:
-    from modaltune.data.synthetic import write_caption_corpus
+    from modaltune.testing.synthetic import write_caption_corpus
 
     manifest = root / "captions" / "captions.jsonl"
     if not manifest.exists():
@@ -45,7 +45,7 @@ def caption_data(root: Path, n: int, image_size: int) -> Path:
 
 
 def class_data(root: Path, per_class: dict[str, int], image_size: int) -> Path:
-    from modaltune.data.synthetic import write_classification_folder
+    from modaltune.testing.synthetic import write_classification_folder
 
     out = root / "shapes"
     if not out.exists():

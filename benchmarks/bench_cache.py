@@ -59,7 +59,7 @@ def main() -> None:
     dims = dict(B32, hidden_size=256, layers=4, heads=4, image_size=64) if args.quick else B32
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-cache-"))
     data = class_data(work, {"train": 32, "val": 16}, dims["image_size"])
-    from modaltune.data.synthetic import vocabulary_texts
+    from modaltune.testing.synthetic import vocabulary_texts
 
     model = build_model(work, vocabulary_texts(), **dims)
     print(f"machine: {machine()}")

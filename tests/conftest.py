@@ -28,8 +28,8 @@ except ImportError:
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from modaltune.data.synthetic import vocabulary_texts, write_caption_corpus, write_classification_folder  # noqa: E402
-from modaltune.tiny import build_clip  # noqa: E402
+from modaltune.testing.synthetic import vocabulary_texts, write_caption_corpus, write_classification_folder  # noqa: E402
+from modaltune.testing.tiny_clip import build_clip  # noqa: E402
 
 torch.set_num_threads(2)  # tiny models gain nothing from more, and parallel test workers stay polite
 
@@ -76,7 +76,7 @@ VILT_ANSWERS = ["yes", "no", "red", "circle"]
 
 
 def _vl_texts() -> list[str]:
-    from modaltune.data.synthetic import vqa_texts
+    from modaltune.testing.synthetic import vqa_texts
 
     return vocabulary_texts() + vqa_texts()
 
@@ -84,7 +84,7 @@ def _vl_texts() -> list[str]:
 @pytest.fixture(scope="session")
 def vqa_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`vqa.jsonl`: 24 images, one question each, 3 annotator answers (10% noisy)."""
-    from modaltune.data.synthetic import write_vqa_corpus
+    from modaltune.testing.synthetic import write_vqa_corpus
 
     return write_vqa_corpus(tmp_path_factory.mktemp("vqa"), 24, seed=0, image_size=VL_IMAGE_SIZE)
 
@@ -92,7 +92,7 @@ def vqa_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def multi_caption_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`captions.jsonl`: 12 images with 2 captions each (one line per caption)."""
-    from modaltune.data.synthetic import write_multi_caption_corpus
+    from modaltune.testing.synthetic import write_multi_caption_corpus
 
     return write_multi_caption_corpus(tmp_path_factory.mktemp("mcap"), 12, seed=0, captions=2,
                                       image_size=VL_IMAGE_SIZE)
@@ -100,21 +100,21 @@ def multi_caption_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_vilt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from modaltune.tiny_vl import build_vilt_vqa
+    from modaltune.testing.tiny_vl import build_vilt_vqa
 
     return build_vilt_vqa(tmp_path_factory.mktemp("tiny-vilt"), texts=_vl_texts(), answers=VILT_ANSWERS, seed=0)
 
 
 @pytest.fixture(scope="session")
 def tiny_blip_vqa(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from modaltune.tiny_vl import build_blip_vqa
+    from modaltune.testing.tiny_vl import build_blip_vqa
 
     return build_blip_vqa(tmp_path_factory.mktemp("tiny-blip-vqa"), texts=_vl_texts(), seed=0)
 
 
 @pytest.fixture(scope="session")
 def tiny_blip_caption(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from modaltune.tiny_vl import build_blip_caption
+    from modaltune.testing.tiny_vl import build_blip_caption
 
     return build_blip_caption(tmp_path_factory.mktemp("tiny-blip-cap"), texts=_vl_texts(), seed=0)
 
@@ -122,7 +122,7 @@ def tiny_blip_caption(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_git(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A generic image-text-to-text model (GIT), loaded through AutoModelForImageTextToText."""
-    from modaltune.tiny_vl import build_git_caption
+    from modaltune.testing.tiny_vl import build_git_caption
 
     return build_git_caption(tmp_path_factory.mktemp("tiny-git"), texts=_vl_texts(), seed=0)
 

@@ -1,12 +1,22 @@
-"""The transfer benchmark's pipeline, shrunk to one tiny cell (the numbers mean nothing here)."""
+"""The transfer benchmark's pipeline, shrunk to one tiny cell (the numbers mean nothing here).
+
+The benchmark is a script of the source checkout (benchmarks/bench_transfer.py), not product code;
+``modaltune bench-transfer`` loads it from there, and so do these tests.
+"""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from modaltune.bench_transfer import KEPT, aggregate_cell, markdown, summarise
+from modaltune.cli import BENCHMARKS, load_benchmark
+
+_bench = load_benchmark("bench_transfer", "bench-transfer")
+KEPT, aggregate_cell, markdown, summarise = _bench.KEPT, _bench.aggregate_cell, _bench.markdown, _bench.summarise
 
 
 def _seed(seed, pick, targets, drops):
@@ -94,3 +104,25 @@ def test_bench_transfer_quick(tmp_path, run_cli):
     assert mixed.returncode != 0 and "--rerun re-measures rows" in mixed.stderr and "Traceback" not in mixed.stderr
     bad = run_cli("bench-transfer", "--quick", "--output", str(out), "--rerun", "nonsense")
     assert bad.returncode != 0 and "no row named nonsense" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_the_benchmark_is_a_script_of_the_checkout_not_product_code():
+    import modaltune
+
+    assert BENCHMARKS == Path(__file__).resolve().parents[1] / "benchmarks"
+    assert not (Path(modaltune.__file__).parent / "bench_transfer.py").exists()
+    script = subprocess.run([sys.executable, str(BENCHMARKS / "bench_transfer.py"), "--help"],
+                            capture_output=True, text=True, timeout=60)
+    assert script.returncode == 0 and "--rerun" in script.stdout and "--quick" in script.stdout
+
+
+def test_bench_transfer_command_without_a_checkout_says_where_the_benchmark_is(tmp_path, run_cli, monkeypatch):
+    import modaltune.cli
+
+    monkeypatch.setattr(modaltune.cli, "BENCHMARKS", tmp_path / "no-benchmarks")
+    result = run_cli("bench-transfer", "--quick", "--output", str(tmp_path / "out"))
+    message = " ".join(result.stderr.split())  # the console wraps long lines
+    assert result.returncode == 2 and "runs benchmarks/bench_transfer.py of a source checkout" in message
+    assert "run `python benchmarks/bench_transfer.py`" in message and "Traceback" not in message
+    help_text = run_cli("--help").stdout
+    assert "bench-transfer" not in help_text and "demo" in help_text  # kept working, no longer advertised

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from modaltune.demo import KEEP, STRATEGIES, run_demo
+from modaltune.testing.demo import KEEP, STRATEGIES, run_demo
 
 KEYS = {"strategy", "trainable_params", "accuracy", "seconds"}
 

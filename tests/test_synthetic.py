@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from modaltune.data.synthetic import (
+from modaltune.testing.synthetic import (
     BACKGROUNDS,
     COLOURS,
     SHAPES,

@@ -18,7 +18,14 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoModel, AutoProcessor, AutoTokenizer, CLIPModel, CLIPTokenizer
 
-from modaltune.tiny import EOT, SOT, build_clip, load_clip_tokenizer, tiny_clip_config, train_clip_tokenizer
+from modaltune.testing.tiny_clip import (
+    EOT,
+    SOT,
+    build_clip,
+    load_clip_tokenizer,
+    tiny_clip_config,
+    train_clip_tokenizer,
+)
 
 TEXTS = [
     "a red circle on the left",
@@ -110,7 +117,7 @@ def test_tokenizer_training_is_identical_across_processes(tmp_path: Path) -> Non
     # tokenizers' BpeTrainer breaks ties in per-process random hash order; ours must not.
     script = (
         "import sys; sys.path.insert(0, sys.argv[1]);"
-        "from modaltune.tiny import train_clip_tokenizer;"
+        "from modaltune.testing.tiny_clip import train_clip_tokenizer;"
         f"train_clip_tokenizer({TEXTS!r}, sys.argv[2])"
     )
     outs = [tmp_path / "a", tmp_path / "b"]

@@ -25,7 +25,7 @@ from transformers import (
     ViltForQuestionAnswering,
 )
 
-from modaltune.tiny_vl import (
+from modaltune.testing.tiny_vl import (
     BERT_SPECIALS,
     DEC,
     TinySize,

@@ -184,7 +184,7 @@ def test_caption_end_to_end(model_fixture, multi_caption_manifest, tmp_path, req
 
 
 def test_caption_cli_with_coco_json(tiny_blip_caption, tmp_path, run_cli):
-    from modaltune.data.synthetic import write_multi_caption_corpus
+    from modaltune.testing.synthetic import write_multi_caption_corpus
 
     coco = write_multi_caption_corpus(tmp_path / "coco", 8, seed=3, captions=3, image_size=32, coco=True)
     run = tmp_path / "run"
@@ -201,7 +201,7 @@ def test_caption_cli_with_coco_json(tiny_blip_caption, tmp_path, run_cli):
 def test_transfer_tools_work_for_captioning(tiny_blip_caption, multi_caption_manifest, tmp_path):
     """advise, --strategy auto, --old-task, --replay and --wise-ft auto through the Task protocol alone."""
     from modaltune.api import advise
-    from modaltune.data.synthetic import write_multi_caption_corpus
+    from modaltune.testing.synthetic import write_multi_caption_corpus
 
     old = write_multi_caption_corpus(tmp_path / "old", 6, seed=4, captions=2, image_size=32, styles=("outline",))
     advice = advise("caption", str(tiny_blip_caption), str(multi_caption_manifest))
@@ -221,7 +221,7 @@ def test_transfer_tools_work_for_captioning(tiny_blip_caption, multi_caption_man
 
 def test_long_texts_are_truncated_to_the_model_and_oversized_generation_is_refused(tiny_blip_caption, tiny_git,
                                                                                    tmp_path):
-    from modaltune.data.synthetic import vocabulary_texts
+    from modaltune.testing.synthetic import vocabulary_texts
 
     img = _image(tmp_path)
     long_text = " ".join(vocabulary_texts()[:40])  # far more words than the tiny models' 64 text positions
@@ -249,8 +249,8 @@ def test_long_texts_are_truncated_to_the_model_and_oversized_generation_is_refus
 
 def test_model_labels_written_differently_still_receive_their_answers(tmp_path, vqa_manifest):
     """A base model's label "Red" and the data's answer "red" are one class (soft target included)."""
-    from modaltune.data.synthetic import vocabulary_texts, vqa_texts
-    from modaltune.tiny_vl import build_vilt_vqa
+    from modaltune.testing.synthetic import vocabulary_texts, vqa_texts
+    from modaltune.testing.tiny_vl import build_vilt_vqa
 
     model = build_vilt_vqa(tmp_path / "vilt", texts=vocabulary_texts() + vqa_texts(), answers=["Yes", "Red"])
     task = create_task("vqa", train_answers=["red", "blue"])

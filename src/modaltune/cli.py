@@ -10,7 +10,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.console import Console
@@ -310,12 +310,35 @@ def demo(
     quick: bool = typer.Option(False, "--quick", help="a much smaller demo (for tests)"),
 ) -> None:
     """The offline end-to-end demo: pretrain a small CLIP on synthetic data, then adapt it every way."""
-    from modaltune.demo import run_demo
+    from modaltune.testing.demo import run_demo  # scaffolding, not product code: imported only here
 
     run_demo(output, quick=quick, console=console)
 
 
-@app.command("bench-transfer")
+#: The benchmarks are scripts of the source checkout (``benchmarks/``), not part of the installed package.
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def load_benchmark(name: str, command: str) -> Any:
+    """``benchmarks/<name>.py`` of the source checkout this package runs from, imported as a module."""
+    import importlib.util
+
+    from modaltune.errors import ConfigError
+
+    script = BENCHMARKS / f"{name}.py"
+    if not script.is_file():
+        raise ConfigError(f"`modaltune {command}` runs benchmarks/{name}.py of a source checkout, and this "
+                          f"installation has none ({script} does not exist): clone the repository, "
+                          f"`pip install -e .` there and run `python benchmarks/{name}.py`")
+    module_spec = importlib.util.spec_from_file_location(f"_modaltune_benchmark_{name}", script)
+    assert module_spec is not None and module_spec.loader is not None
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[module_spec.name] = module  # dataclasses look their module up while the file runs
+    module_spec.loader.exec_module(module)
+    return module
+
+
+@app.command("bench-transfer", hidden=True)
 def bench_transfer(
     output: Path = typer.Option(Path("bench-transfer-output"), help="where data, runs and results go"),
     quick: bool = typer.Option(False, "--quick", help="a tiny version (for tests)"),
@@ -324,10 +347,10 @@ def bench_transfer(
     rerun: Optional[str] = typer.Option(None, help="re-measure only these rows (comma-separated, e.g. "
                                         "auto+replay+wise-ft) of the finished benchmark in --output"),
 ) -> None:
-    """The synthetic transfer benchmark: advisor pick vs every strategy, near/far shift x 5/50/500 per class."""
-    from modaltune.bench_transfer import run_bench
-
-    run_bench(output, quick=quick, seeds=_int_list(seeds, "--seeds"), rerun=_split_list(rerun), console=console)
+    """The synthetic transfer benchmark (benchmarks/bench_transfer.py of a source checkout)."""
+    bench = load_benchmark("bench_transfer", "bench-transfer")
+    bench.run_bench(output, quick=quick, seeds=_int_list(seeds, "--seeds"),
+                    rerun=_split_list(rerun), console=console)
 
 
 def main() -> None:

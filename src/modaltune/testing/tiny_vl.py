@@ -1,6 +1,6 @@
 """Small, real vision-language models built offline and saved in standard Hugging Face format.
 
-The companion of `modaltune.tiny` (which does this for CLIP): a BERT WordPiece tokenizer whose
+The companion of `modaltune.testing.tiny_clip` (which does this for CLIP): a BERT WordPiece tokenizer whose
 vocabulary is the words of the given texts, a tiny config sized to it, random weights from a seed,
 and the model's own processor. Everything is written with `save_pretrained`, so the rest of the
 code loads each directory through `AutoProcessor` and the Auto model class exactly as it would
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from transformers.image_processing_utils import BaseImageProcessor
     from transformers.processing_utils import ProcessorMixin
 
-# torch and transformers are imported inside the functions that need them, as in `modaltune.tiny`.
+# torch and transformers are imported inside the functions that need them, as in `modaltune.testing.tiny_clip`.
 
 BERT_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # ids 0-4, BertTokenizer's own order
 DEC = "[DEC]"  # BLIP's decoder start token (id 30522 in the real checkpoints)
@@ -127,7 +127,7 @@ def _image_processor(name: str, **kwargs: Any) -> BaseImageProcessor:
     """transformers' `<name>ImageProcessor`: the torchvision one where torchvision is installed, else the PIL one.
 
     This mirrors what `AutoImageProcessor` picks in transformers 5, so a saved-and-reloaded
-    processor has the same class as the one we built (as `modaltune.tiny._clip_image_processor`).
+    processor has the same class as the one we built (as `modaltune.testing.tiny_clip._clip_image_processor`).
     """
     import transformers
     from transformers.utils import is_torchvision_available

@@ -2,7 +2,7 @@
 the synthetic shapes world, through the same `train` / `evaluate` / `predict` as every task.
 
 No pretrained ViLT or BLIP can be downloaded here, so both start from small random models built
-from their transformers configs (`modaltune.tiny_vl`): the zero-shot column is what an untrained
+from their transformers configs (`modaltune.testing.tiny_vl`): the zero-shot column is what an untrained
 model says, and the section shows the whole path (data, validation, training, VQA accuracy and
 BLEU/CIDEr, sample predictions with images), not transfer from pretraining. With a hub model
 (``dandelin/vilt-b32-finetuned-vqa``, ``Salesforce/blip-image-captioning-large``) the same calls
@@ -38,8 +38,8 @@ QUICK_VL = VlSpec(images=24, captions_per_image=2, epochs_vqa=1, epochs_caption=
 
 def run_vl_section(output: Path, *, quick: bool, console: Console) -> list[dict[str, Any]]:
     """Train a VQA and a captioning model; one result dict per task (as in demo_results.json)."""
-    from modaltune.data.synthetic import vocabulary_texts, vqa_texts, write_multi_caption_corpus, write_vqa_corpus
-    from modaltune.tiny_vl import TinySize, build_blip_caption, build_vilt_vqa
+    from modaltune.testing.synthetic import vocabulary_texts, vqa_texts, write_multi_caption_corpus, write_vqa_corpus
+    from modaltune.testing.tiny_vl import TinySize, build_blip_caption, build_vilt_vqa
 
     spec = QUICK_VL if quick else FULL_VL
     root = output / "data" / "vl"

@@ -4,8 +4,8 @@ No CLIP weights can be downloaded here, so the demo makes its own "pretrained" m
 modaltune itself, and then shows what the strategies do with it:
 
 1. a *source* world: a few thousand procedurally drawn shapes with captions
-   (``data/synthetic.py``), written as an image–caption manifest;
-2. a small CLIP (``tiny.build_clip``: random weights, a tokenizer trained on the captions),
+   (``modaltune.testing.synthetic``), written as an image–caption manifest;
+2. a small CLIP (``modaltune.testing.tiny_clip.build_clip``: random weights, a tokenizer trained on the captions),
    pretrained contrastively on that corpus with ``api.train(task="retrieve")``. The result is
    cached, keyed by a hash of everything that defines it, so a second demo skips this step;
 3. a *target* task with a domain shift and few labels: name the shape, drawn in another style
@@ -177,7 +177,7 @@ def run_demo(output: Path, *, quick: bool = False, console: Console | None = Non
 
         console.rule("[bold]5 · visual question answering and captioning")
         tick = time.perf_counter()
-        from modaltune.demo_vl import run_vl_section
+        from modaltune.testing.demo.vl import run_vl_section
 
         vision_language = run_vl_section(output, quick=quick, console=console)
         timings["vqa and captioning"] = time.perf_counter() - tick
@@ -231,19 +231,21 @@ def base_key(spec: BaseSpec) -> str:
     """Hash of everything that decides the base model's weights.
 
     The source code of the data generator and of the model/tokenizer builder stands in for their
-    version: any change to how images, captions or the tokenizer come out gives a new key.
+    version: any change to how images, captions or the tokenizer come out gives a new key. Only
+    their bytes count, not where they live: moving them (they were ``modaltune/data/synthetic.py``
+    and ``modaltune/tiny.py``) kept every key, and so the base model the benchmarks recorded.
     """
     import torch
     import transformers
 
-    from modaltune import __version__, tiny
-    from modaltune.data import synthetic
+    from modaltune import __version__
+    from modaltune.testing import synthetic, tiny_clip
 
     defining = {
         "format": CACHE_FORMAT,
         "spec": asdict(spec),
         "generator": _source_hash(synthetic.__file__),
-        "builder": _source_hash(tiny.__file__),
+        "builder": _source_hash(tiny_clip.__file__),
         "versions": {"modaltune": __version__, "torch": torch.__version__,
                      "transformers": transformers.__version__},
     }
@@ -297,7 +299,7 @@ def ensure_base_model(spec: BaseSpec, source_dir: Path, *, console: Console,
 
 def write_source_corpus(spec: BaseSpec, source_dir: Path) -> Path:
     """The source image-caption corpus as ``images/*.png`` + ``captions.jsonl``; returns the manifest."""
-    from modaltune.data.synthetic import write_caption_corpus
+    from modaltune.testing.synthetic import write_caption_corpus
 
     return write_caption_corpus(source_dir, spec.captions, seed=spec.seed, image_size=spec.image_size,
                                 styles=spec.styles)
@@ -307,9 +309,9 @@ def pretrain(spec: BaseSpec, manifest: Path, run_dir: Path, *, console: Console)
     """Build a random CLIP and train it contrastively on ``manifest``; ``run_dir/model`` is the result."""
     from modaltune.api import train
     from modaltune.config import build_config
-    from modaltune.data.synthetic import vocabulary_texts
     from modaltune.progress import TrainingProgress
-    from modaltune.tiny import build_clip
+    from modaltune.testing.synthetic import vocabulary_texts
+    from modaltune.testing.tiny_clip import build_clip
 
     # The tokenizer learns the caption words (and the vocabulary's), so captions and prompts are
     # whole-word tokens rather than letter soup.
@@ -341,7 +343,7 @@ def pretrain(spec: BaseSpec, manifest: Path, run_dir: Path, *, console: Console)
 
 def write_target_data(target: TargetSpec, base: BaseSpec, root: Path) -> Path:
     """``root/{train,val,test}/<shape>/*.png``, drawn in the target style."""
-    from modaltune.data.synthetic import write_classification_folder
+    from modaltune.testing.synthetic import write_classification_folder
 
     counts = {"train": target.train_per_class, "val": target.val_per_class, "test": target.test_per_class}
     return write_classification_folder(root, classes=target.classes, attribute="shape", per_class=counts,
@@ -350,7 +352,7 @@ def write_target_data(target: TargetSpec, base: BaseSpec, root: Path) -> Path:
 
 def write_old_task(target: TargetSpec, base: BaseSpec, root: Path) -> Path:
     """``root/{train,test}/<colour>/*.png`` in the source style: the base model's original task."""
-    from modaltune.data.synthetic import write_classification_folder
+    from modaltune.testing.synthetic import write_classification_folder
 
     counts = {"train": target.old_train_per_class, "test": target.old_test_per_class}
     return write_classification_folder(root, classes=target.old_classes, attribute="colour", per_class=counts,
@@ -443,9 +445,9 @@ def write_outputs(output: Path, results: list[dict[str, Any]], base: BaseModel, 
                   target_spec: TargetSpec, timings: dict[str, float], *, advice: Any,
                   vision_language: list[dict[str, Any]] | None = None) -> None:
     """``demo_results.json``, ``plots/`` and ``report.html`` in ``output``."""
-    from modaltune.demo_vl import vl_html
     from modaltune.plots import plot_strategy_comparison
     from modaltune.report import write_report
+    from modaltune.testing.demo.vl import vl_html
 
     (output / "demo_results.json").write_text(json.dumps(results, indent=2) + "\n")
     if vision_language:
