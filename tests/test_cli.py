@@ -169,3 +169,12 @@ def test_missing_model_is_a_clear_error(capsys, shape_folder, tmp_path):
     code, _, err = cli(capsys, "train", "--task", "classify", "--model", str(tmp_path / "no-model"), "--data",
                        str(shape_folder), "--quiet", "--output", str(tmp_path / "r"))
     assert code == 2 and "could not load model" in err and "Traceback" not in err
+
+
+def test_usage_errors_exit_2_not_as_internal_errors(capsys):
+    code, _, err = cli(capsys, "validate", "--data", "somewhere")
+    assert code == 2 and "Missing option '--task'" in err and "internal error" not in err
+    code, _, err = cli(capsys, "train", "--task", "classify", "--data", "somewhere")
+    assert code == 2 and "--model is required" in err and "internal error" not in err
+    code, _, err = cli(capsys, "compare", "--task", "classify", "--layers", "1,x", "--output", "o")
+    assert code == 2 and "comma-separated whole numbers" in err

@@ -353,6 +353,12 @@ def bench_transfer(
                     rerun=_split_list(rerun), console=console)
 
 
+#: Typer 0.2x vendors its own click: the usage errors it raises (a missing or malformed option, a
+#: `typer.BadParameter` from a command) are not `click.ClickException`s, and were reported as
+#: internal errors (exit 1) instead of bad usage (exit 2).
+_TYPER_USAGE_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
 def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # Our own progress bar is the one to watch; the hub's per-file bars only add noise.
@@ -372,7 +378,7 @@ def main() -> None:
     except Exception as exc:  # click usage errors are handled below; anything else is our bug
         import click
 
-        if isinstance(exc, click.ClickException):
+        if isinstance(exc, (click.ClickException, _TYPER_USAGE_ERROR)):
             exc.show()
             sys.exit(2)
         if os.environ.get("MODALTUNE_DEBUG"):
