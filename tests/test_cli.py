@@ -84,6 +84,11 @@ def test_classify_run_directory_eval_predict_and_rerun(capsys, tiny_clip, shape_
     # and a run directory without --data uses its own validation data
     code, out, _ = cli(capsys, "eval", str(run), "--json")
     assert json.loads(out)["accuracy"] == metrics["accuracy"]
+    # --data-format names the layout the sniffer would have found
+    code, out, err = cli(capsys, "eval", str(run / "model"), "--data", str(shape_folder / "val"),
+                         "--data-format", "folder", "--max-audio-seconds", "5", "--json")
+    assert code == 0, err
+    assert json.loads(out)["accuracy"] == metrics["accuracy"]
 
     images = sorted((shape_folder / "val" / "square").glob("*.png"))[:2]
     code, out, err = cli(capsys, "predict", str(run), *map(str, images))
@@ -169,6 +174,40 @@ def test_missing_model_is_a_clear_error(capsys, shape_folder, tmp_path):
     code, _, err = cli(capsys, "train", "--task", "classify", "--model", str(tmp_path / "no-model"), "--data",
                        str(shape_folder), "--quiet", "--output", str(tmp_path / "r"))
     assert code == 2 and "could not load model" in err and "Traceback" not in err
+
+
+def test_data_format_and_max_audio_seconds_flags(capsys, tmp_path):
+    from PIL import Image
+
+    labels = ("cat", "dog", "cat", "dog")
+    for i in range(len(labels)):
+        Image.new("RGB", (8, 8), (60 * i, 0, 0)).save(tmp_path / f"{i}.png")
+    lines = [json.dumps({"image": f"{i}.png", "label": label}) for i, label in enumerate(labels)]
+    (tmp_path / "rows.json").write_text("\n".join(lines) + "\n")  # JSON lines saved as .json
+    data = str(tmp_path / "rows.json")
+    code, _, err = cli(capsys, "validate", "--task", "classify", "--data", data)
+    assert code == 2 and "--data-format jsonl" in err
+    code, out, err = cli(capsys, "validate", "--task", "classify", "--data", data, "--data-format", "jsonl",
+                         "--max-audio-seconds", "10", "--json")
+    assert code == 0, err
+    assert json.loads(out)["all"]["rows_ok"] == 4
+
+    instances = {"images": [{"id": 1, "file_name": "0.png"}], "categories": [{"id": 1, "name": "cat"}],
+                 "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 2, 2]}]}
+    (tmp_path / "coco").mkdir()
+    (tmp_path / "coco" / "instances.json").write_text(json.dumps(instances))
+    code, _, err = cli(capsys, "validate", "--task", "caption", "--data", str(tmp_path / "coco"))
+    assert code == 2 and "COCO instances file" in err and "detection is not supported yet" in err
+
+    code, _, err = cli(capsys, "validate", "--task", "classify", "--data", data, "--data-format", "xml")
+    assert code == 2 and "Unknown data format 'xml'" in err
+    code, _, err = cli(capsys, "validate", "--task", "classify", "--data", data, "--max-audio-seconds", "0")
+    assert code == 2 and "--max-audio-seconds" in err
+    for flags in (["--data-format", "xml"], ["--max-audio-seconds", "-1"]):
+        code, _, err = cli(capsys, "train", "--task", "classify", "--model", "none", "--data", data,
+                           "--output", str(tmp_path / "run"), *flags)
+        assert code == 2 and ("data_format" in err or "max_audio_seconds" in err), err
+    assert not (tmp_path / "run").exists()
 
 
 def test_usage_errors_exit_2_not_as_internal_errors(capsys):

@@ -239,12 +239,14 @@ def follow_advice(cfg: TrainConfig, advice: Advice) -> TrainConfig:
 
 
 def advise(task: str, model: str, data: str | Path, *, reference: str | Path | None = None, batch_size: int = 16,
-           seed: int = 0, prompt_template: str | None = None, trust_remote_code: bool = False) -> Any:
+           seed: int = 0, prompt_template: str | None = None, trust_remote_code: bool = False,
+           data_format: str | None = None, max_audio_seconds: float | None = DEFAULT_MAX_AUDIO_SECONDS) -> Any:
     """Measure ``data``'s shift for ``model`` and recommend a strategy (no training)."""
     from modaltune.forgetting import load_old_task
 
     cfg = TrainConfig(task=task, model=str(model), data=str(data), batch_size=batch_size, seed=seed,
-                      strategy="auto", trust_remote_code=trust_remote_code,
+                      strategy="auto", trust_remote_code=trust_remote_code, data_format=data_format,
+                      max_audio_seconds=max_audio_seconds,
                       **({"prompt_template": prompt_template} if prompt_template else {}))
     task_cls = task_class(task)
     splits = load_splits(cfg, task_cls)

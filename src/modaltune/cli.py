@@ -38,16 +38,34 @@ def _int_list(value: Optional[str], option: str) -> Optional[list[int]]:
                                  param_hint=option) from None
 
 
+_DATA_FORMAT_HELP = "read --data as this layout instead of sniffing it: vqa | coco-captions | csv | jsonl | folder"
+_MAX_AUDIO_HELP = "audio clips longer than this many seconds are bad rows (audio_too_long); default 60"
+
+
+def _limits(data_format: Optional[str], max_audio_seconds: Optional[float]) -> dict[str, Any]:
+    """The data-reading options given on the command line (those not given keep the API's defaults)."""
+    if max_audio_seconds is not None and max_audio_seconds <= 0:
+        raise typer.BadParameter(f"must be more than 0 seconds, got {max_audio_seconds}",
+                                 param_hint="--max-audio-seconds")
+    options: dict[str, Any] = {"data_format": data_format}
+    if max_audio_seconds is not None:
+        options["max_audio_seconds"] = max_audio_seconds
+    return options
+
+
 @app.command()
 def validate(
     task: str = typer.Option(..., help="classify | retrieve"),
-    data: Path = typer.Option(..., help="image folder, CSV or JSONL manifest"),
+    data: Path = typer.Option(
+        ..., help="image or audio folder, CSV or JSONL manifest, COCO captions or VQA json"),
+    data_format: Optional[str] = typer.Option(None, help=_DATA_FORMAT_HELP),
+    max_audio_seconds: Optional[float] = typer.Option(None, help=_MAX_AUDIO_HELP),
     json_out: bool = typer.Option(False, "--json", help="print the report as JSON"),
 ) -> None:
     """Check every row of a dataset and print the data report (no model, no training)."""
     from modaltune.api import validate as run_validate
 
-    reports = run_validate(task, data)
+    reports = run_validate(task, data, **_limits(data_format, max_audio_seconds))
     if json_out:
         print(json.dumps(reports, indent=2))
         return
@@ -106,6 +124,8 @@ def train(
     max_bad_steps: Optional[int] = typer.Option(None, help="skip policy: abort after this many in a row"),
     skip_bad: Optional[bool] = typer.Option(
         None, "--skip-bad/--no-skip-bad", help="skip bad rows (listed in data_report.json)"),
+    data_format: Optional[str] = typer.Option(None, help=_DATA_FORMAT_HELP + " (--val too)"),
+    max_audio_seconds: Optional[float] = typer.Option(None, help=_MAX_AUDIO_HELP),
     prompt_template: Optional[str] = typer.Option(None, help="classify: class prompt, e.g. 'a photo of a {}.'"),
     lora_rank: Optional[int] = typer.Option(None),
     workers: Optional[int] = typer.Option(None, help="DataLoader worker processes"),
@@ -178,13 +198,16 @@ def advise(
     prompt_template: Optional[str] = typer.Option(None, help="classify: class prompt, e.g. 'a photo of a {}.'"),
     seed: int = typer.Option(0),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code"),
+    data_format: Optional[str] = typer.Option(None, help=_DATA_FORMAT_HELP),
+    max_audio_seconds: Optional[float] = typer.Option(None, help=_MAX_AUDIO_HELP),
     json_out: bool = typer.Option(False, "--json", help="print the advice as JSON"),
 ) -> None:
     """Measure the domain shift of your data for a base model and recommend a strategy, with reasons."""
     from modaltune.api import advise as run_advise
 
     advice = run_advise(task, model, data, reference=reference, batch_size=batch_size, seed=seed,
-                        prompt_template=prompt_template, trust_remote_code=trust_remote_code)
+                        prompt_template=prompt_template, trust_remote_code=trust_remote_code,
+                        **_limits(data_format, max_audio_seconds))
     if json_out:
         print(json.dumps(advice.to_dict(), indent=2))
         return
@@ -222,6 +245,8 @@ def compare(
     wise_ft: Optional[str] = typer.Option(None),
     max_forgetting: Optional[float] = typer.Option(None),
     l2sp: Optional[float] = typer.Option(None),
+    data_format: Optional[str] = typer.Option(None, help=_DATA_FORMAT_HELP + " (--val too)"),
+    max_audio_seconds: Optional[float] = typer.Option(None, help=_MAX_AUDIO_HELP),
     config: Optional[Path] = typer.Option(None, help="YAML config for every other training setting"),
     output: Path = typer.Option(..., help="comparison directory (one run per strategy inside)"),
     quiet: bool = typer.Option(False, "--quiet"),
@@ -236,7 +261,8 @@ def compare(
     cfg = build_config(config, task=task, model=model, data=data, val=val, epochs=epochs, batch_size=batch_size,
                        lr=lr, seed=seed, prompt_template=prompt_template, old_task=old_task,
                        old_task_type=old_task_type, replay=replay, replay_ratio=replay_ratio, wise_ft=wise_ft,
-                       max_forgetting=max_forgetting, l2sp=l2sp, output=str(output),
+                       max_forgetting=max_forgetting, l2sp=l2sp, output=str(output), data_format=data_format,
+                       max_audio_seconds=max_audio_seconds,
                        strategy="full")  # a placeholder every option combines with; each variant sets its own
     factory = None if quiet else (lambda name: TrainingProgress(name, console))
     rows = run_compare(cfg, names, layers=layer_list, output=output, console=console, progress_factory=factory)
@@ -273,12 +299,15 @@ def evaluate(
     task: Optional[str] = typer.Option(None, help="task for a base model"),
     batch_size: int = typer.Option(64),
     skip_bad: bool = typer.Option(False, "--skip-bad"),
+    data_format: Optional[str] = typer.Option(None, help=_DATA_FORMAT_HELP),
+    max_audio_seconds: Optional[float] = typer.Option(None, help=_MAX_AUDIO_HELP),
     json_out: bool = typer.Option(False, "--json", help="print the metrics as JSON"),
 ) -> None:
     """Evaluate a trained run or model on data with the task's metrics."""
     from modaltune.api import evaluate as run_evaluate
 
-    metrics = run_evaluate(run_or_model, data, task=task, batch_size=batch_size, skip_bad=skip_bad)
+    metrics = run_evaluate(run_or_model, data, task=task, batch_size=batch_size, skip_bad=skip_bad,
+                           **_limits(data_format, max_audio_seconds))
     if json_out:
         print(json.dumps(metrics, indent=2))
     else:
