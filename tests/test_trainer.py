@@ -16,7 +16,7 @@ from modaltune.run import RunDir
 from modaltune.strategies import apply_strategy
 from modaltune.tasks.base import create_task
 from modaltune.trainer import checkpoint as ckpt
-from modaltune.trainer.batches import class_weights, epoch_order, oversample_weights
+from modaltune.trainer.batches import class_weights, epoch_order, oversample_weights, steps_per_epoch
 from modaltune.trainer.loop import fit
 
 
@@ -200,3 +200,28 @@ def test_a_loss_dict_without_its_total_is_refused() -> None:
     with pytest.raises(ValueError, match="total under 'loss'.*\\['ce'\\]"):
         loss_parts({"ce": torch.tensor(1.0)})
     assert part_key("ce") == "loss_ce" and part_key("loss_bbox") == "loss_bbox"
+
+
+def test_a_callback_sees_the_loop_and_can_stop_it(tiny_clip, shape_folder, tmp_path):
+    from modaltune.trainer.callbacks import Callback
+
+    class StopAfterFirstEval(Callback):
+        def __init__(self):
+            self.seen = []
+
+        def on_micro_batch_end(self, event):
+            self.seen.append(("micro", event.state.step))
+
+        def on_evaluate(self, event):
+            self.seen.append(("eval", event.state.step, event.metrics["accuracy"]))
+            event.stop = True
+
+    cfg, task, loaded, rows, val, run = _setup(tiny_clip, shape_folder, tmp_path, epochs=3, feature_cache=False)
+    watcher = StopAfterFirstEval()
+    result = fit(cfg, task, loaded, rows, val, run, callbacks=[watcher])
+    evals = [s for s in watcher.seen if s[0] == "eval"]
+    assert len(evals) == 1 and result.stopped_early
+    steps = [entry for entry in run.read_history() if entry["kind"] == "step"]
+    per_epoch = steps_per_epoch(len(rows), cfg.batch_size, cfg.grad_accum)
+    assert evals[0][1] == steps[-1]["step"] == per_epoch  # stopped at the first evaluation, of 3 epochs
+    assert sum(1 for s in watcher.seen if s[0] == "micro") == len(steps) * cfg.grad_accum

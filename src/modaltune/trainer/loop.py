@@ -7,10 +7,8 @@ any point and resumed ends with bit-identical weights.
 
 from __future__ import annotations
 
+import logging
 import math
-import os
-import signal
-import threading
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -39,11 +37,12 @@ from modaltune.trainer.batches import (
     plan_epoch,
     steps_per_epoch,
 )
+from modaltune.trainer.callbacks import EXIT_SIGTERM, KILL_ENV, Callback, Event, default_callbacks
 from modaltune.trainer.terms import L2SPTerm, LossTerm, ReplayTerm, loss_parts, part_key
 
-#: Fault injection for the crash-resume tests: SIGKILL this process after this many micro-batches.
-KILL_ENV = "MODALTUNE_FAULT_KILL_AT_MICROSTEP"
-EXIT_SIGTERM = 143
+# Kept importable from here, where they used to live.
+__all__ = ["EXIT_SIGTERM", "KILL_ENV", "FitResult", "fit"]
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -53,26 +52,6 @@ class FitResult:
     stopped_early: bool
     restored_best: bool
     feature_cache: dict[str, Any] | None = None
-
-
-class _Terminate:
-    """SIGTERM sets a flag; the loop finishes the optimizer step, checkpoints and exits 143."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: Any = None
-
-    def __enter__(self) -> _Terminate:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.requested = True
-
-    def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
 
 
 def make_accelerator(precision: str) -> Any:
@@ -122,9 +101,11 @@ def fit(
     progress: Any = None,
     replay: OldTask | None = None,
     anchor: Anchor | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> FitResult:
     """Train ``loaded.model`` in place; ``replay`` mixes old-task rows into every micro-batch at
-    ``cfg.replay_share``, ``anchor`` (the starting weights) enables the ``cfg.l2sp`` penalty."""
+    ``cfg.replay_share``, ``anchor`` (the starting weights) enables the ``cfg.l2sp`` penalty.
+    ``callbacks`` run after the default ones (SIGTERM, early stopping, ``progress``)."""
     started = time.perf_counter()
     accelerator = make_accelerator(cfg.precision)
     model = loaded.model.to(accelerator.device)
@@ -184,7 +165,7 @@ def fit(
     if resume:
         found, problems = ckpt.latest_valid(run.checkpoints)
         for problem in problems:
-            print(f"warning: skipping {problem}")
+            logger.warning("skipping %s", problem)
         if found is None:
             raise ModaltuneError(f"nothing to resume in {run.root}: no valid checkpoint under {run.checkpoints}")
         state = ckpt.load_checkpoint(found, model=model, optimizer=optimizer, scheduler=scheduler)
@@ -194,9 +175,8 @@ def fit(
 
     eval_every = cfg.eval_every or per_epoch
     save_every = cfg.save_every or per_epoch
-    kill_at = int(os.environ.get(KILL_ENV, "0") or 0)
-    micro_seen = 0
-    stopped_early = False
+    hooks = [*default_callbacks(cfg.early_stopping, progress), *callbacks]
+    event = Event(state, total_steps)
 
     def log(entry: dict[str, Any]) -> None:
         run.append_history(entry)
@@ -207,10 +187,10 @@ def fit(
         protect = {state.best_step} if state.best_step is not None else set()
         ckpt.prune(run.checkpoints, keep_last=cfg.keep_last, protect=protect)
 
-    def evaluate() -> bool:
-        """Evaluate on validation data; True when early stopping says stop."""
+    def evaluate() -> None:
+        """Evaluate on validation data, track the best, and let the callbacks see the metrics."""
         if not val_rows:
-            return False
+            return
         if cached is not None:
             model.eval()
             with accelerator.autocast():
@@ -228,10 +208,13 @@ def fit(
             state.best_metric, state.best_step, state.evals_without_improvement = score, state.step, 0
         else:
             state.evals_without_improvement += 1
-        return cfg.early_stopping is not None and state.evals_without_improvement >= cfg.early_stopping
+        event.metrics = metrics
+        for hook in hooks:
+            hook.on_evaluate(event)
 
-    with _Terminate() as terminate, _shown(progress, total_steps, state.step), _flush_denormals(accelerator.device):
-        while state.step < total_steps and not stopped_early:
+    def run_steps() -> None:
+        """Optimizer steps until the plan is done, a callback stops it, or the process must exit."""
+        while state.step < total_steps and not event.stop:
             groups = plan_epoch(len(train_rows), target_batch, cfg.grad_accum, seed=cfg.seed, epoch=state.epoch,
                                 weights=weights, replay=(len(replay.rows), old_batch) if replay else None)
             pending = groups[state.group_in_epoch:]
@@ -250,9 +233,9 @@ def fit(
                     accelerator.backward(loss / len(group))
                     losses.append(loss.item())
                     logged.append(parts)
-                    micro_seen += 1
-                    if kill_at and micro_seen == kill_at:
-                        os.kill(os.getpid(), signal.SIGKILL)
+                    event.loss = losses[-1]
+                    for hook in hooks:
+                        hook.on_micro_batch_end(event)
                 grad_norm = None
                 if finite and cfg.max_grad_norm is not None:
                     grad_norm = float(accelerator.clip_grad_norm_(
@@ -276,8 +259,9 @@ def fit(
                      "loss": sum(losses) / len(losses) if losses else None,
                      "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm, "skipped": not finite,
                      **_mean_parts(logged)})
-                if progress is not None:
-                    progress.advance(state.step, losses[-1] if losses else float("nan"))
+                event.loss = losses[-1] if losses else None
+                for hook in hooks:
+                    hook.on_step_end(event)
 
                 end_of_epoch = state.group_in_epoch == len(groups)
                 if end_of_epoch:
@@ -285,17 +269,25 @@ def fit(
                     state.group_in_epoch = 0
                 done = state.step >= total_steps
                 if state.step % eval_every == 0 or end_of_epoch or done:
-                    stopped_early = evaluate()
+                    evaluate()
                     checkpoint()
-                elif state.step % save_every == 0 or terminate.requested:
+                elif state.step % save_every == 0 or event.checkpoint:
                     checkpoint()
-                if terminate.requested:
-                    raise SystemExit(EXIT_SIGTERM)
-                if done or stopped_early or end_of_epoch:
+                if event.exit_code is not None:
+                    raise SystemExit(event.exit_code)
+                if done or event.stop or end_of_epoch:
                     break
 
+    for hook in hooks:
+        hook.on_fit_start(event)
+    try:
+        with _flush_denormals(accelerator.device):
+            run_steps()
+    finally:
+        for hook in hooks:
+            hook.on_fit_end(event)
     restored = _restore_best(run, model, state)
-    return FitResult(state=state, seconds=time.perf_counter() - started, stopped_early=stopped_early,
+    return FitResult(state=state, seconds=time.perf_counter() - started, stopped_early=event.stop,
                      restored_best=restored, feature_cache=cached.info if cached else None)
 
 
@@ -373,18 +365,6 @@ def _flush_denormals(device: torch.device) -> Iterator[None]:
         yield
     finally:
         torch.set_flush_denormal(False)
-
-
-@contextmanager
-def _shown(progress: Any, total: int, completed: int) -> Iterator[None]:
-    if progress is None:
-        yield
-        return
-    progress.start(total, completed)
-    try:
-        yield
-    finally:
-        progress.stop()
 
 
 def _bad_step(cfg: TrainConfig, state: ckpt.TrainerState) -> None:
