@@ -103,3 +103,27 @@ def test_an_adapter_claims_a_model_type_once() -> None:
     with pytest.raises(ValueError, match="already has the adapter ClipAdapter"):
         register_adapter(Twice)
     assert Tower("a", "b", "b.layers").prefix == "b"
+
+
+def test_train_with_per_tower_settings_end_to_end(tiny_clip, caption_manifest, tmp_path) -> None:
+    import json
+
+    from modaltune.api import train
+    from modaltune.config import build_config
+
+    cfg = build_config(task="retrieve", model=str(tiny_clip), data=str(caption_manifest), strategy="towers",
+                       towers="vision=last-n:1,text=frozen,projections=full", epochs=1, batch_size=8,
+                       output=str(tmp_path / "run"))
+    metrics = train(cfg)
+    assert "vision last-n 1" in metrics["run"]["strategy"]["description"]
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved["run"]["strategy"]["trainable_params"] < saved["run"]["strategy"]["total_params"]
+
+
+def test_towers_config_is_checked_before_anything_loads() -> None:
+    from modaltune.config import build_config
+
+    with pytest.raises(ConfigError, match="strategy towers and towers go together"):
+        build_config(task="retrieve", model="m", data="d", strategy="full", towers="vision=full")
+    with pytest.raises(ConfigError, match="frozen, full, last-n:N, lora"):
+        build_config(task="retrieve", model="m", data="d", strategy="towers", towers="vision=sometimes")

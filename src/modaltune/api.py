@@ -138,7 +138,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Any = None) -> di
     if old_task is not None and not scratch:
         old_before = score_old_task(old_task, loaded, batch_size=cfg.eval_batch_size, workers=cfg.num_workers)
 
-    info = apply_strategy(task, loaded, cfg.strategy, layers=cfg.layers,
+    info = apply_strategy(task, loaded, cfg.strategy, layers=cfg.layers, towers=cfg.towers,
                           lora=LoraOptions(cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout))
     anchor = Anchor.capture(loaded.model) if (cfg.wise_ft is not None or cfg.l2sp) else None
     replay_skipped = None

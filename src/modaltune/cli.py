@@ -98,8 +98,11 @@ def train(
     data: Optional[str] = typer.Option(None, help="training data (folder with train/ val/, CSV, JSONL)"),
     val: Optional[str] = typer.Option(None, help="validation data (default: the data's val/ or a seeded split)"),
     strategy: Optional[str] = typer.Option(
-        None, help="auto | zero-shot | linear-probe | last-n | full | lora | scratch"),
+        None, help="auto | zero-shot | linear-probe | last-n | full | lora | scratch | towers"),
     layers: Optional[int] = typer.Option(None, help="last-n: how many of the last blocks per encoder train"),
+    towers: Optional[str] = typer.Option(
+        None, help="towers: each component on its own, e.g. 'vision=last-n:2,text=frozen,projections=full' "
+        "(modes frozen | full | last-n:N | lora; components: the model's towers, projections, head)"),
     epochs: Optional[int] = typer.Option(None),
     max_steps: Optional[int] = typer.Option(None, help="stop after this many optimizer steps"),
     batch_size: Optional[int] = typer.Option(None),

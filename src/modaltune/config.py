@@ -12,11 +12,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from modaltune.data.validate import DEFAULT_MAX_AUDIO_SECONDS
 from modaltune.errors import ConfigError
 
-Strategy = Literal["auto", "zero-shot", "linear-probe", "last-n", "full", "lora", "scratch"]
+Strategy = Literal["auto", "zero-shot", "linear-probe", "last-n", "full", "lora", "scratch", "towers"]
 
 #: Learning rates that work for each strategy when the user gives none: a fresh head wants a large
 #: step, pretrained blocks a small one so they are not wrecked in the first epoch.
-DEFAULT_LR = {"linear-probe": 1e-3, "last-n": 1e-4, "full": 2e-5, "lora": 5e-4, "scratch": 5e-4, "zero-shot": 0.0}
+DEFAULT_LR = {"linear-probe": 1e-3, "last-n": 1e-4, "full": 2e-5, "lora": 5e-4, "scratch": 5e-4, "zero-shot": 0.0,
+              "towers": 1e-4}
 #: The 50/50 rule: half of each batch rehearses the old task unless told (or advised) otherwise.
 DEFAULT_REPLAY_RATIO = 0.5
 
@@ -37,6 +38,8 @@ class TrainConfig(BaseModel):
     output: str = "runs/run"
     strategy: Strategy = "full"
     layers: int | None = Field(default=None, ge=1)
+    #: strategy towers: each component's setting, e.g. "vision=last-n:2,text=frozen,projections=full"
+    towers: str | None = None
     epochs: int | None = Field(
         default=None, ge=1, description=f"default {DEFAULT_EPOCHS}, or the advisor's with strategy auto")
     max_steps: int | None = Field(default=None, ge=1, description="stop after this many optimizer steps")
@@ -109,6 +112,13 @@ class TrainConfig(BaseModel):
             raise ValueError(f"layers is only used by strategy last-n (strategy is {self.strategy!r})")
         if self.strategy == "last-n" and self.layers is None:
             raise ValueError("strategy last-n needs layers (how many of the last blocks per encoder train)")
+        if (self.towers is not None) != (self.strategy == "towers"):
+            raise ValueError("strategy towers and towers go together: --strategy towers --towers "
+                             "'vision=last-n:2,text=frozen,projections=full'")
+        if self.towers is not None:
+            from modaltune.strategies import parse_towers
+
+            parse_towers(self.towers)  # a malformed setting is a config error before anything loads
         if isinstance(self.wise_ft, float) and not 0.0 <= self.wise_ft <= 1.0:
             raise ValueError("wise_ft must be between 0 (base weights) and 1 (fine-tuned weights), or 'auto'; "
                              f"got {self.wise_ft}")
