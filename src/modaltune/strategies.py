@@ -24,9 +24,6 @@ TOWER_MODES = ("frozen", "full", "last-n", "lora")
 #: projections, logit scale) and the task's own head.
 PROJECTIONS = "projections"
 HEAD = "head"
-#: Parameters below a tower's first block (patch/token embeddings, CLIP's pre-norm): kept frozen
-#: by last-n, as the shorthand last-n does.
-_BELOW_BLOCKS = ("embed", "pre_layrnorm", "pre_layernorm")
 
 
 @dataclass
@@ -199,7 +196,7 @@ def _apply_towers(task: Task, loaded: Loaded, settings: dict[str, TowerSetting],
             param.requires_grad_(True)
         elif setting.mode == "last-n" and not relative.startswith(towers[component].blocks + "."):
             # above the blocks (final norms, pooler) trains with them; below (embeddings) does not
-            param.requires_grad_(not any(part in relative for part in _BELOW_BLOCKS))
+            param.requires_grad_(not any(part in relative for part in adapter.below_blocks))
     for name, setting in settings.items():
         if setting.mode == "last-n":
             for block in list(backbone.get_submodule(towers[name].blocks))[-(setting.layers or 0):]:

@@ -34,6 +34,9 @@ class ModelAdapter:
     model_types: ClassVar[tuple[str, ...]] = ()
     #: (name, prefix, blocks) of the towers this type always has.
     tower_specs: ClassVar[tuple[tuple[str, str, str], ...]] = ()
+    #: Name parts of a tower's parameters that sit below its first block (patch/token embeddings,
+    #: CLIP's pre-norm): last-n keeps them frozen, and trains what sits above the blocks.
+    below_blocks: ClassVar[tuple[str, ...]] = ("embed", "pre_layrnorm", "pre_layernorm")
 
     def towers(self, model: nn.Module) -> dict[str, Tower]:
         """The model's towers by name, in a stable order."""

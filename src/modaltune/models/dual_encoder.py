@@ -14,3 +14,16 @@ class ClipAdapter(ModelAdapter):
         ("vision", "vision_model", "vision_model.encoder.layers"),
         ("text", "text_model", "text_model.encoder.layers"),
     )
+
+
+@register_adapter
+class ClapAdapter(ModelAdapter):
+    """CLAP: an HTSAT (Swin) audio tower whose blocks are its stages, and a RoBERTa text tower."""
+
+    model_types = ("clap",)
+    tower_specs = (
+        ("audio", "audio_model", "audio_model.audio_encoder.layers"),
+        ("text", "text_model", "text_model.encoder.layer"),
+    )
+    # HTSAT normalises the mel bins with a batch norm before the patch embedding.
+    below_blocks = (*ModelAdapter.below_blocks, "batch_norm")
