@@ -217,3 +217,15 @@ def test_usage_errors_exit_2_not_as_internal_errors(capsys):
     assert code == 2 and "--model is required" in err and "internal error" not in err
     code, _, err = cli(capsys, "compare", "--task", "classify", "--layers", "1,x", "--output", "o")
     assert code == 2 and "comma-separated whole numbers" in err
+
+
+def test_library_warnings_reach_the_console_through_logging(capsys):
+    import logging
+
+    from modaltune import cli as cli_module
+
+    cli_module._log_to_console()
+    cli_module._log_to_console()  # idempotent: one handler, one line
+    logging.getLogger("modaltune.api").warning("--replay skipped: nothing to rehearse")
+    err = capsys.readouterr().err
+    assert err.count("--replay skipped: nothing to rehearse") == 1 and "WARNING" in err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,8 @@ from modaltune.tasks.base import Loaded, Task, create_task, read_meta, task_clas
 
 if TYPE_CHECKING:
     from modaltune.advisor import Advice
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -145,7 +148,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Any = None) -> di
     if replay is not None and not rehearsable(replay, loaded):
         replay_skipped = (f"--replay skipped: with strategy {cfg.strategy} nothing the old task uses trains "
                           "(only the target's own head does), so rehearsing it could not change it")
-        print(f"warning: {replay_skipped}")
+        logger.warning(replay_skipped)
     result = None
     if cfg.strategy != "zero-shot":
         result = fit(cfg, task, loaded, splits.train, splits.val, run, resume=resume, progress=progress,

@@ -391,7 +391,20 @@ def bench_transfer(
 _TYPER_USAGE_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 
+def _log_to_console() -> None:
+    """The library's warnings and notes (``logging``, never ``print``) shown through rich on stderr."""
+    import logging
+
+    from rich.logging import RichHandler
+
+    package = logging.getLogger("modaltune")
+    if not any(isinstance(h, RichHandler) for h in package.handlers):
+        package.addHandler(RichHandler(console=console, show_time=False, show_path=False, markup=False))
+    package.setLevel(logging.INFO)
+
+
 def main() -> None:
+    _log_to_console()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # Our own progress bar is the one to watch; the hub's per-file bars only add noise.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
