@@ -90,20 +90,53 @@ def device() -> torch.device:
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, progress: Any = None) -> dict[str, Any]:
-    """Run ``cfg`` end to end into ``cfg.output``; returns the metrics written to ``metrics.json``."""
-    from modaltune import plots
-    from modaltune import report as reporting
-    from modaltune.forgetting import Anchor, forgetting_report, load_old_task, rehearsable, score_old_task
-    from modaltune.inference import evaluate_rows
-    from modaltune.strategies import LoraOptions, apply_strategy, export
-    from modaltune.trainer.loop import fit
+    """Run ``cfg`` end to end into ``cfg.output``; returns the metrics written to ``metrics.json``.
 
+    The recipe: read the data and the old task → load the model (the advisor first, for ``auto``)
+    → score the baselines → apply the strategy → fit → WiSE-FT → export ``model/`` → score the
+    exported model → write the run directory.
+    """
     started = time.perf_counter()
+    setup = _prepare(cfg, resume)
+    trained = _adapt(setup, resume=resume, progress=progress)
+    metrics = _final_metrics(setup, trained, started)
+    _write_outputs(setup, trained.cfg, metrics)
+    return metrics
+
+
+@dataclass
+class _Setup:
+    """What a run reads before any model: its config, run directory, data, old task and task."""
+
+    cfg: TrainConfig
+    run: RunDir
+    splits: Splits
+    task: Task
+    old_task: Any  # forgetting.OldTask scored before/after, or None
+    replay: Any  # forgetting.OldTask rehearsed during training, or None
+
+
+@dataclass
+class _Trained:
+    """What adapting the model leaves behind: everything but the model, which is in ``model/`` now."""
+
+    cfg: TrainConfig  # resolved: the advisor's choices filled in
+    info: Any  # strategies.StrategyInfo
+    result: Any  # trainer.loop.FitResult, or None for zero-shot
+    advice: Any
+    wise: Any
+    baseline: dict[str, Any]
+    old_before: dict[str, Any] | None
+    replay_skipped: str | None
+
+
+def _prepare(cfg: TrainConfig, resume: bool) -> _Setup:
+    from modaltune.forgetting import load_old_task
+
     run = RunDir(Path(cfg.output))
     _check_output(run, cfg, resume)
     task_cls = task_class(cfg.task)
     splits = load_splits(cfg, task_cls)
-
     old_task = replay = None
     if cfg.old_task is not None:
         old_task = load_old_task(cfg.old_task, task_cls, explicit=cfg.old_task_type, purpose="eval",
@@ -114,11 +147,22 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Any = None) -> di
     # Rehearsed rows of the same task train the same head (a VQA classifier needs their answers too).
     rehearsed = replay.rows if replay is not None and replay.name == cfg.task else []
     task = _task_for(cfg, splits, extra_rows=rehearsed)
-
     run.create()
     run.config.write_text(cfg.to_yaml())
     run.write_json(run.data_report, splits.report)
+    return _Setup(cfg, run, splits, task, old_task, replay)
 
+
+def _adapt(setup: _Setup, *, resume: bool, progress: Any) -> _Trained:
+    """Load, baseline, apply the strategy, fit, WiSE-FT and export; the model does not outlive this call,
+    so the final scoring loads ``model/`` with no training copy beside it (the run's peak memory is
+    training's, not two models side by side)."""
+    from modaltune.forgetting import Anchor, rehearsable, score_old_task
+    from modaltune.inference import evaluate_rows
+    from modaltune.strategies import LoraOptions, apply_strategy, export
+    from modaltune.trainer.loop import fit
+
+    cfg, task, splits = setup.cfg, setup.task, setup.splits
     advice = loaded = None
     if cfg.strategy == "auto":
         # Advised from the base model as it is; config.yaml keeps `auto`, so a rerun advises again.
@@ -138,59 +182,63 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Any = None) -> di
     if not scratch and cfg.zero_shot_baseline and splits.val:
         baseline = evaluate_rows(task, loaded, splits.val, batch_size=cfg.eval_batch_size, workers=cfg.num_workers)
     old_before = None
-    if old_task is not None and not scratch:
-        old_before = score_old_task(old_task, loaded, batch_size=cfg.eval_batch_size, workers=cfg.num_workers)
+    if setup.old_task is not None and not scratch:
+        old_before = score_old_task(setup.old_task, loaded, batch_size=cfg.eval_batch_size, workers=cfg.num_workers)
 
     info = apply_strategy(task, loaded, cfg.strategy, layers=cfg.layers, towers=cfg.towers,
                           lora=LoraOptions(cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout))
     anchor = Anchor.capture(loaded.model) if (cfg.wise_ft is not None or cfg.l2sp) else None
-    replay_skipped = None
+    replay, replay_skipped = setup.replay, None
     if replay is not None and not rehearsable(replay, loaded):
         replay_skipped = (f"--replay skipped: with strategy {cfg.strategy} nothing the old task uses trains "
                           "(only the target's own head does), so rehearsing it could not change it")
         logger.warning(replay_skipped)
     result = None
     if cfg.strategy != "zero-shot":
-        result = fit(cfg, task, loaded, splits.train, splits.val, run, resume=resume, progress=progress,
+        result = fit(cfg, task, loaded, splits.train, splits.val, setup.run, resume=resume, progress=progress,
                      replay=None if replay_skipped else replay, anchor=anchor)
     wise = None
     if cfg.wise_ft is not None and anchor is not None:
-        wise = _wise_ft(cfg, task, loaded, splits.val, anchor, old_task, old_before)
+        wise = _wise_ft(cfg, task, loaded, splits.val, anchor, setup.old_task, old_before)
     loaded.model.to("cpu")
-    export(task, loaded, run.model, consume=True)  # the training copy is dropped just below
-    # The final numbers load model/ afresh: drop the training copy (and its anchor) first, so the
-    # run's peak memory is training's, not two models side by side.
+    export(task, loaded, setup.run.model, consume=True)  # the training copy is dropped just below
     del loaded, anchor
     import gc
 
     gc.collect()
+    return _Trained(cfg, info, result, advice, wise, baseline, old_before, replay_skipped)
 
-    # Final numbers come from the exported model/ itself, so `modaltune eval RUN/model` reproduces them.
+
+def _final_metrics(setup: _Setup, trained: _Trained, started: float) -> dict[str, Any]:
+    """The numbers of the exported ``model/`` itself, so `modaltune eval RUN/model` reproduces them."""
+    from modaltune.forgetting import forgetting_report, score_old_task
+
+    cfg, splits, result = trained.cfg, setup.splits, trained.result
     final: dict[str, Any] = {}
     if splits.val:
-        final = evaluate(run.model, rows=splits.val, batch_size=cfg.eval_batch_size)
+        final = evaluate(setup.run.model, rows=splits.val, batch_size=cfg.eval_batch_size)
     extra: dict[str, Any] = {}
-    if old_task is not None:
-        _, exported = load_model(run.model)
-        after = score_old_task(old_task, exported, batch_size=cfg.eval_batch_size, workers=cfg.num_workers)
-        extra["forgetting"] = forgetting_report(old_task, old_before, after)
+    if setup.old_task is not None:
+        _, exported = load_model(setup.run.model)
+        after = score_old_task(setup.old_task, exported, batch_size=cfg.eval_batch_size, workers=cfg.num_workers)
+        extra["forgetting"] = forgetting_report(setup.old_task, trained.old_before, after)
         del exported
-    if advice is not None:
-        extra["advice"] = advice.to_dict()
-    if wise is not None:
-        extra["wise_ft"] = wise.to_dict()
-    if replay is not None:
-        extra["replay"] = {"data": replay.source, "task": replay.name, "rows": len(replay.rows),
-                           "ratio": cfg.replay_share, "skipped": replay_skipped}
+    if trained.advice is not None:
+        extra["advice"] = trained.advice.to_dict()
+    if trained.wise is not None:
+        extra["wise_ft"] = trained.wise.to_dict()
+    if setup.replay is not None:
+        extra["replay"] = {"data": setup.replay.source, "task": setup.replay.name, "rows": len(setup.replay.rows),
+                           "ratio": cfg.replay_share, "skipped": trained.replay_skipped}
     if cfg.l2sp:
         extra["l2sp"] = cfg.l2sp
-    metrics = {
+    return {
         **final,
-        "zero_shot": baseline,
+        "zero_shot": trained.baseline,
         **extra,
         "run": {
-            "task": cfg.task, "model": cfg.model, "strategy": info.to_dict(),
-            "primary_metric": task.primary_metric,
+            "task": cfg.task, "model": cfg.model, "strategy": trained.info.to_dict(),
+            "primary_metric": setup.task.primary_metric,
             "train_rows": len(splits.train), "val_rows": len(splits.val),
             "steps": result.state.step if result else 0,
             "best_step": result.state.best_step if result else None,
@@ -202,14 +250,21 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Any = None) -> di
             "total_seconds": round(time.perf_counter() - started, 3),
         },
     }
+
+
+def _write_outputs(setup: _Setup, cfg: TrainConfig, metrics: dict[str, Any]) -> None:
+    """metrics.json, the plots and report.html."""
+    from modaltune import plots
+    from modaltune import report as reporting
+
+    run, splits = setup.run, setup.splits
     run.write_json(run.metrics, metrics)
     plots.plot_history(run.read_history(), run.plots)
-    if "confusion_matrix" in final and splits.labels:
-        plots.plot_confusion_matrix(final["confusion_matrix"], splits.labels, run.plots / "confusion_matrix.png")
+    if "confusion_matrix" in metrics and splits.labels:
+        plots.plot_confusion_matrix(metrics["confusion_matrix"], splits.labels, run.plots / "confusion_matrix.png")
     reporting.write_report(run.root, title=f"modaltune · {cfg.task} · {cfg.strategy}", config=cfg.model_dump(),
                            data_report=splits.report, metrics=metrics, history=run.read_history(),
                            sections=reporting.transfer_sections(metrics) + reporting.sample_sections(metrics))
-    return metrics
 
 
 def _task_for(cfg: TrainConfig, splits: Splits, *, extra_rows: list[Row] = ()) -> Task:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 import re
 from dataclasses import dataclass
 from typing import ClassVar
@@ -121,5 +123,17 @@ def _has_module(model: nn.Module, path: str) -> bool:
     return True
 
 
+_discovered = False
+
+
 def _builtin() -> None:
-    from modaltune.models import dual_encoder  # noqa: F401  (registers on import)
+    """Import every module of this package once (each registers its adapters): no hand-kept list."""
+    global _discovered
+    if _discovered:
+        return
+    _discovered = True
+    import modaltune.models as package
+
+    for module in pkgutil.iter_modules(package.__path__):
+        if not module.name.startswith("_") and module.name != "base":
+            importlib.import_module(f"{package.__name__}.{module.name}")
