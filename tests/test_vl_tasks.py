@@ -4,6 +4,7 @@ vocabulary, soft targets, and train -> eval -> predict end to end on tiny real m
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -194,6 +195,8 @@ def test_caption_cli_with_coco_json(tiny_blip_caption, tmp_path, run_cli):
     assert result.returncode == 0, result.stderr
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["run"]["train_rows"] + metrics["run"]["val_rows"] == 24
+    # which PTB tokenizer produced the caption scores (the jar where Java is installed)
+    assert metrics["caption_tokenizer"] == ("ptb-java" if shutil.which("java") else "ptb-python")
     result = run_cli("predict", str(run), str(coco.parent / "images" / "00000.png"))
     assert result.returncode == 0 and "caption" in json.loads(result.stdout.splitlines()[0])
 
