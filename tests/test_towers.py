@@ -127,3 +127,32 @@ def test_towers_config_is_checked_before_anything_loads() -> None:
         build_config(task="retrieve", model="m", data="d", strategy="full", towers="vision=full")
     with pytest.raises(ConfigError, match="frozen, full, last-n:N, lora"):
         build_config(task="retrieve", model="m", data="d", strategy="towers", towers="vision=sometimes")
+
+
+def test_model_loading_options_reach_from_pretrained(tiny_clip, tiny_blip_caption) -> None:
+    from modaltune.config import build_config
+    from modaltune.tasks.base import ModelOptions
+
+    cfg = build_config(task="classify", model=str(tiny_clip), data="d", model_dtype="bf16",
+                       attn_implementation="eager")
+    assert cfg.model_options() == ModelOptions("bf16", None, "eager")
+    task = create_task("classify", labels=["a", "b"])
+    loaded = task.load(tiny_clip, options=cfg.model_options())
+    backbone = unwrap(loaded.model.backbone)
+    assert backbone.dtype == torch.bfloat16 and backbone.config._attn_implementation == "eager"
+    scratch = create_task("classify", labels=["a", "b"]).load(tiny_clip, scratch=True, options=ModelOptions("bf16"))
+    assert unwrap(scratch.model.backbone).dtype == torch.bfloat16
+    caption = create_task("caption").load(tiny_blip_caption, options=ModelOptions("bf16"))
+    assert unwrap(caption.model.backbone).dtype == torch.bfloat16
+
+
+def test_a_classifier_loaded_in_bf16_runs_forward_and_backward(tiny_clip) -> None:
+    from modaltune.tasks.base import ModelOptions
+
+    task = create_task("classify", labels=["a", "b"])
+    loaded = task.load(tiny_clip, options=ModelOptions("bf16"))
+    assert loaded.model.head.weight.dtype == torch.bfloat16
+    size = unwrap(loaded.model.backbone).config.vision_config.image_size
+    logits = loaded.model(torch.randn(2, 3, size, size, dtype=torch.bfloat16))
+    logits.float().sum().backward()
+    assert logits.shape == (2, 2) and loaded.model.head.weight.grad is not None

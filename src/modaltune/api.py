@@ -166,7 +166,7 @@ def _adapt(setup: _Setup, *, resume: bool, progress: Any) -> _Trained:
     advice = loaded = None
     if cfg.strategy == "auto":
         # Advised from the base model as it is; config.yaml keeps `auto`, so a rerun advises again.
-        loaded = task.load(cfg.model, trust_remote_code=cfg.trust_remote_code)
+        loaded = task.load(cfg.model, trust_remote_code=cfg.trust_remote_code, options=cfg.model_options())
         advice = advise_for(cfg, task, loaded, splits)
         cfg = follow_advice(cfg, advice)
         if advice.strategy == "scratch":
@@ -175,7 +175,8 @@ def _adapt(setup: _Setup, *, resume: bool, progress: Any) -> _Trained:
     scratch = cfg.strategy == "scratch"
     torch.manual_seed(cfg.seed)  # scratch init and LoRA init are drawn from here
     if loaded is None:
-        loaded = task.load(cfg.model, scratch=scratch, trust_remote_code=cfg.trust_remote_code)
+        loaded = task.load(cfg.model, scratch=scratch, trust_remote_code=cfg.trust_remote_code,
+                           options=cfg.model_options())
     loaded.model.to(device())
 
     baseline: dict[str, Any] = {"skipped": "scratch never reads the pretrained weights"} if scratch else {}

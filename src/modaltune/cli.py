@@ -103,6 +103,10 @@ def train(
     towers: Optional[str] = typer.Option(
         None, help="towers: each component on its own, e.g. 'vision=last-n:2,text=frozen,projections=full' "
         "(modes frozen | full | last-n:N | lora; components: the model's towers, projections, head)"),
+    model_dtype: Optional[str] = typer.Option(
+        None, help="dtype the base model's weights load in: fp32 | bf16 | fp16 | auto (the checkpoint's)"),
+    device_map: Optional[str] = typer.Option(None, help="where the weights go, e.g. auto (needs accelerate), cpu"),
+    attn_implementation: Optional[str] = typer.Option(None, help="attention kernel: eager | sdpa | flash_attention_2"),
     epochs: Optional[int] = typer.Option(None),
     max_steps: Optional[int] = typer.Option(None, help="stop after this many optimizer steps"),
     batch_size: Optional[int] = typer.Option(None),

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from modaltune.data.validate import DEFAULT_MAX_AUDIO_SECONDS
 from modaltune.errors import ConfigError
+
+if TYPE_CHECKING:
+    from modaltune.tasks.base import ModelOptions
 
 Strategy = Literal["auto", "zero-shot", "linear-probe", "last-n", "full", "lora", "scratch", "towers"]
 
@@ -40,6 +43,10 @@ class TrainConfig(BaseModel):
     layers: int | None = Field(default=None, ge=1)
     #: strategy towers: each component's setting, e.g. "vision=last-n:2,text=frozen,projections=full"
     towers: str | None = None
+    #: How the base model's weights are loaded (None: transformers' defaults).
+    model_dtype: Literal["fp32", "bf16", "fp16", "auto"] | None = None
+    device_map: str | None = None
+    attn_implementation: str | None = None
     epochs: int | None = Field(
         default=None, ge=1, description=f"default {DEFAULT_EPOCHS}, or the advisor's with strategy auto")
     max_steps: int | None = Field(default=None, ge=1, description="stop after this many optimizer steps")
@@ -130,6 +137,12 @@ class TrainConfig(BaseModel):
         if self.strategy == "zero-shot" and self.replay is not None:
             raise ValueError("replay mixes old data into training; strategy zero-shot does not train")
         return self
+
+    def model_options(self) -> ModelOptions:
+        """The loading options of the base model (dtype, device map, attention kernel)."""
+        from modaltune.tasks.base import ModelOptions
+
+        return ModelOptions(self.model_dtype, self.device_map, self.attn_implementation)
 
     @property
     def replay_share(self) -> float:

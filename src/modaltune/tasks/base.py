@@ -31,6 +31,27 @@ META_FILE = "modaltune.json"
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class ModelOptions:
+    """How a model's weights are loaded: ``from_pretrained``'s dtype, device placement and attention kernel."""
+
+    dtype: str | None = None  # "fp32" | "bf16" | "fp16" | "auto" (the checkpoint's own); None: transformers' default
+    device_map: str | None = None  # e.g. "auto" (spread over the GPUs and CPU), "cpu", "cuda:0"
+    attn_implementation: str | None = None  # "eager" | "sdpa" | "flash_attention_2" | ...
+
+    def kwargs(self, *, from_config: bool = False) -> dict[str, Any]:
+        """Keyword arguments for ``from_pretrained`` (or ``from_config``, which places nothing)."""
+        dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "auto": "auto"}
+        out: dict[str, Any] = {}
+        if self.dtype is not None:
+            out["dtype"] = dtypes[self.dtype] if not (from_config and self.dtype == "auto") else torch.float32
+        if self.device_map is not None and not from_config:
+            out["device_map"] = self.device_map
+        if self.attn_implementation is not None:
+            out["attn_implementation"] = self.attn_implementation
+        return out
+
+
 @dataclass
 class Loaded:
     """A model ready for a task: the trainable module, its processor, and what the task needs to know.
@@ -66,8 +87,10 @@ class Task(ABC):
     field_names: ClassVar[dict[str, str]] = {}
 
     @abstractmethod
-    def load(self, source: str | Path, *, scratch: bool = False, trust_remote_code: bool = False) -> Loaded:
-        """Model + processor from a hub name or directory; ``scratch`` builds from the config only."""
+    def load(self, source: str | Path, *, scratch: bool = False, trust_remote_code: bool = False,
+             options: ModelOptions | None = None) -> Loaded:
+        """Model + processor from a hub name or directory; ``scratch`` builds from the config only;
+        ``options`` says how the weights are loaded (dtype, device map, attention kernel)."""
 
     @abstractmethod
     def collate(self, loaded: Loaded, items: list[tuple[Row, Any]]) -> dict[str, torch.Tensor]:

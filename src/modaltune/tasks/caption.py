@@ -13,7 +13,7 @@ import torch
 from modaltune.data.rows import Row
 from modaltune.errors import ConfigError
 from modaltune.tasks import vl
-from modaltune.tasks.base import BackboneModel, Loaded, read_meta, register
+from modaltune.tasks.base import BackboneModel, Loaded, ModelOptions, read_meta, register
 
 DEFAULT_MAX_NEW_TOKENS = 30
 MAX_TEXT_TOKENS = 64
@@ -38,9 +38,11 @@ class CaptionTask(vl.StackedBlocksTask):
 
     # ---- model -------------------------------------------------------------------------------
 
-    def load(self, source: str | Path, *, scratch: bool = False, trust_remote_code: bool = False) -> Loaded:
+    def load(self, source: str | Path, *, scratch: bool = False, trust_remote_code: bool = False,
+             options: ModelOptions | None = None) -> Loaded:
         backbone, processor = vl.load_pretrained(source, self.auto_classes, scratch=scratch,
-                                                 trust_remote_code=trust_remote_code, task=self.name)
+                                                 trust_remote_code=trust_remote_code, task=self.name,
+                                                 options=options)
         if not backbone.can_generate():
             raise ConfigError(f"model {source!r} ({type(backbone).__name__}) cannot generate text; "
                               "captioning needs an image-to-text generator such as BLIP or GIT")

@@ -18,6 +18,7 @@ from modaltune.models import adapter_for
 from modaltune.tasks.base import (
     BackboneModel,
     Loaded,
+    ModelOptions,
     Task,
     load_error,
     read_meta,
@@ -30,7 +31,8 @@ HEAD_FILE = "classifier.safetensors"
 DEFAULT_PROMPT = "a photo of a {}."
 
 
-def load_backbone(source: str | Path, *, scratch: bool, trust_remote_code: bool) -> tuple[nn.Module, Any]:
+def load_backbone(source: str | Path, *, scratch: bool, trust_remote_code: bool,
+                  options: ModelOptions | None = None) -> tuple[nn.Module, Any]:
     """A dual-encoder model and its processor through the Auto classes, with errors a user can act on."""
     from transformers import AutoConfig, AutoModel, AutoProcessor
 
@@ -40,9 +42,10 @@ def load_backbone(source: str | Path, *, scratch: bool, trust_remote_code: bool)
         processor = AutoProcessor.from_pretrained(source, **kwargs)
         if scratch:
             # Only the architecture is read: the pretrained weights are never opened.
-            model = AutoModel.from_config(AutoConfig.from_pretrained(source, **kwargs), **kwargs)
+            model = AutoModel.from_config(AutoConfig.from_pretrained(source, **kwargs), **kwargs,
+                                          **(options or ModelOptions()).kwargs(from_config=True))
         else:
-            model = AutoModel.from_pretrained(source, **kwargs)
+            model = AutoModel.from_pretrained(source, **kwargs, **(options or ModelOptions()).kwargs())
     except (OSError, ValueError) as exc:
         raise load_error(source, exc) from exc
     for needed in ("get_image_features", "get_text_features", "vision_model"):
@@ -142,7 +145,8 @@ class ClipClassifier(nn.Module):
     def __init__(self, backbone: nn.Module, num_labels: int, embed_dim: int) -> None:
         super().__init__()
         self.backbone = backbone
-        self.head = nn.Linear(embed_dim, num_labels)
+        # In the backbone's dtype: a model loaded in bf16 feeds the head bf16 embeddings.
+        self.head = nn.Linear(embed_dim, num_labels, dtype=next(backbone.parameters()).dtype)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.head(self.embed(pixel_values))
@@ -172,8 +176,10 @@ class ClassifyTask(DualEncoderTask):
         self.prompt_template = prompt_template
         self.class_weights = class_weights
 
-    def load(self, source: str | Path, *, scratch: bool = False, trust_remote_code: bool = False) -> Loaded:
-        backbone, processor = load_backbone(source, scratch=scratch, trust_remote_code=trust_remote_code)
+    def load(self, source: str | Path, *, scratch: bool = False, trust_remote_code: bool = False,
+             options: ModelOptions | None = None) -> Loaded:
+        backbone, processor = load_backbone(source, scratch=scratch, trust_remote_code=trust_remote_code,
+                                            options=options)
         saved = read_meta(Path(source)) if Path(source).is_dir() else None
         saved_head = saved is not None and saved.get("task") == "classify" and not scratch
         if self.labels is None:
@@ -357,8 +363,10 @@ class RetrieveTask(DualEncoderTask):
         #: Candidate texts for `predict` (ranked for each image).
         self.texts = list(texts) if texts else None
 
-    def load(self, source: str | Path, *, scratch: bool = False, trust_remote_code: bool = False) -> Loaded:
-        backbone, processor = load_backbone(source, scratch=scratch, trust_remote_code=trust_remote_code)
+    def load(self, source: str | Path, *, scratch: bool = False, trust_remote_code: bool = False,
+             options: ModelOptions | None = None) -> Loaded:
+        backbone, processor = load_backbone(source, scratch=scratch, trust_remote_code=trust_remote_code,
+                                            options=options)
         return Loaded(model=BackboneModel(backbone), processor=processor)
 
     def collate(self, loaded: Loaded, items: list[tuple[Row, Any]]) -> dict[str, torch.Tensor]:

@@ -18,7 +18,7 @@ from torch import nn
 
 from modaltune.errors import ConfigError, ModaltuneError
 from modaltune.models.base import ATTENTION_PROJECTIONS, StructuralAdapter
-from modaltune.tasks.base import Task, load_error, unwrap, write_meta
+from modaltune.tasks.base import ModelOptions, Task, load_error, unwrap, write_meta
 
 #: Attention projections LoRA wraps, in every block stack of the model.
 LORA_PATTERN = rf".*\.({ATTENTION_PROJECTIONS})$"
@@ -27,13 +27,14 @@ _BELOW_BLOCKS = ("embed", "pre_layrnorm", "pre_layernorm")
 
 
 def load_pretrained(source: str | Path, auto_classes: tuple[str, ...], *, scratch: bool, trust_remote_code: bool,
-                    task: str) -> tuple[nn.Module, Any]:
+                    task: str, options: ModelOptions | None = None) -> tuple[nn.Module, Any]:
     """Model + processor through the first Auto class that knows the checkpoint's architecture."""
     import transformers
     from transformers import AutoConfig, AutoProcessor
 
     source = str(source)
     kwargs = {"trust_remote_code": trust_remote_code}
+    placement = options or ModelOptions()
     try:
         processor = AutoProcessor.from_pretrained(source, **kwargs)
         config = AutoConfig.from_pretrained(source, **kwargs)
@@ -45,8 +46,8 @@ def load_pretrained(source: str | Path, auto_classes: tuple[str, ...], *, scratc
         try:
             if scratch:
                 # Only the architecture is read: the pretrained weights are never opened.
-                return auto.from_config(config, **kwargs), processor
-            return auto.from_pretrained(source, **kwargs), processor
+                return auto.from_config(config, **kwargs, **placement.kwargs(from_config=True)), processor
+            return auto.from_pretrained(source, **kwargs, **placement.kwargs()), processor
         except ValueError as exc:  # "Unrecognized configuration class ... for this kind of AutoModel"
             errors.append(f"{name}: {str(exc).splitlines()[0]}")
         except OSError as exc:

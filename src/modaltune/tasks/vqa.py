@@ -22,7 +22,7 @@ from torch import nn
 from modaltune.data.rows import Row
 from modaltune.errors import ConfigError
 from modaltune.tasks import vl
-from modaltune.tasks.base import BackboneModel, Loaded, read_meta, register
+from modaltune.tasks.base import BackboneModel, Loaded, ModelOptions, read_meta, register
 
 MAX_QUESTION_TOKENS = 40
 MAX_ANSWER_TOKENS = 16
@@ -77,9 +77,11 @@ class VqaTask(vl.StackedBlocksTask):
 
     # ---- model -------------------------------------------------------------------------------
 
-    def load(self, source: str | Path, *, scratch: bool = False, trust_remote_code: bool = False) -> Loaded:
+    def load(self, source: str | Path, *, scratch: bool = False, trust_remote_code: bool = False,
+             options: ModelOptions | None = None) -> Loaded:
         backbone, processor = vl.load_pretrained(source, self.auto_classes, scratch=scratch,
-                                                 trust_remote_code=trust_remote_code, task=self.name)
+                                                 trust_remote_code=trust_remote_code, task=self.name,
+                                                 options=options)
         model = vl.unwrap(backbone)
         if hasattr(model, "classifier") and not model.can_generate():
             self.mode = "classifier"
