@@ -9,12 +9,16 @@ from __future__ import annotations
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from torch import nn
 
 from modaltune.errors import ConfigError
+from modaltune.models.base import backbone_of, blocks_at
 from modaltune.tasks.base import Loaded, Task
+
+if TYPE_CHECKING:
+    from peft import PeftModel
 
 STRATEGIES = ("zero-shot", "linear-probe", "last-n", "full", "lora", "scratch", "towers")
 #: What a component (a tower, or "head": everything the task uses outside the towers) can do
@@ -170,7 +174,7 @@ def _apply_towers(task: Task, loaded: Loaded, settings: dict[str, TowerSetting],
     from modaltune.tasks.base import unwrap
 
     model = loaded.model
-    backbone = unwrap(model.backbone)
+    backbone = unwrap(backbone_of(model))
     adapter = adapter_for(backbone)
     towers = adapter.towers(backbone)
     _check_towers(task, loaded, settings, towers, backbone)
@@ -199,7 +203,7 @@ def _apply_towers(task: Task, loaded: Loaded, settings: dict[str, TowerSetting],
             param.requires_grad_(not any(part in relative for part in adapter.below_blocks))
     for name, setting in settings.items():
         if setting.mode == "last-n":
-            for block in list(backbone.get_submodule(towers[name].blocks))[-(setting.layers or 0):]:
+            for block in blocks_at(backbone, towers[name].blocks)[-(setting.layers or 0):]:
                 block.requires_grad_(True)
     chosen = ", ".join(f"{name} {setting}" for name, setting in settings.items())
     return f"per component: {chosen}; components not named are frozen"
@@ -221,7 +225,7 @@ def _check_towers(task: Task, loaded: Loaded, settings: dict[str, TowerSetting],
         if setting.mode != "frozen" and not any(prefix.startswith(p) or p.startswith(prefix) for p in used):
             raise ConfigError(f"task {task.name!r} does not use the {name} tower, so it cannot train; "
                               "set it to frozen or leave it out")
-        depth = len(backbone.get_submodule(towers[name].blocks))
+        depth = len(blocks_at(backbone, towers[name].blocks))
         if setting.mode == "last-n" and not 1 <= (setting.layers or 0) <= depth:
             raise ConfigError(f"{name}=last-n:{setting.layers}: the {name} tower has {depth} blocks")
     trained = {setting.mode for name, setting in settings.items() if name != HEAD} - {"frozen"}
@@ -243,7 +247,7 @@ def _wrap_lora(model: nn.Module, targets: str | list[str], options: LoraOptions,
     with warnings.catch_warnings():
         # peft reads transformers' deprecated `is_gradient_checkpointing`: nothing the user can change.
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        model.backbone = get_peft_model(model.backbone, config)
+        model.backbone = get_peft_model(backbone_of(model), config)
 
 
 def _is_backbone_only(task: Task, loaded: Loaded) -> bool:
@@ -253,6 +257,11 @@ def _is_backbone_only(task: Task, loaded: Loaded) -> bool:
 
 def is_peft(loaded: Loaded) -> bool:
     return hasattr(loaded.model.backbone, "merge_and_unload")
+
+
+def peft_backbone(loaded: Loaded) -> PeftModel:
+    """The PEFT wrapper that is ``loaded.model.backbone`` when ``is_peft(loaded)``."""
+    return cast("PeftModel", loaded.model.backbone)
 
 
 def export(task: Task, loaded: Loaded, directory: Path, *, consume: bool = False) -> None:
@@ -268,10 +277,11 @@ def export(task: Task, loaded: Loaded, directory: Path, *, consume: bool = False
     if not is_peft(loaded):
         task.save(loaded, directory)
         return
-    loaded.model.backbone.save_pretrained(directory / "adapter")
+    # peft annotates save_directory as str; it only passes it to os.makedirs and os.path.join.
+    peft_backbone(loaded).save_pretrained(directory / "adapter")  # type: ignore[arg-type]
     merged = copy.copy(loaded.model)  # shallow: shares the head, replaces only the backbone attribute
     merged._modules = dict(loaded.model._modules)
-    backbone = loaded.model.backbone if consume else copy.deepcopy(loaded.model.backbone)
+    backbone = peft_backbone(loaded) if consume else copy.deepcopy(peft_backbone(loaded))
     merged.backbone = backbone.merge_and_unload()
     task.save(Loaded(merged, loaded.processor, loaded.meta), directory)
     if consume:

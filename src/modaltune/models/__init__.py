@@ -11,9 +11,11 @@ from modaltune.models.base import (
     StructuralAdapter,
     Tower,
     adapter_for,
+    backbone_of,
+    blocks_at,
     register_adapter,
     registered_model_types,
 )
 
-__all__ = ["ModelAdapter", "StructuralAdapter", "Tower", "adapter_for", "register_adapter",
-           "registered_model_types"]
+__all__ = ["ModelAdapter", "StructuralAdapter", "Tower", "adapter_for", "backbone_of", "blocks_at",
+           "register_adapter", "registered_model_types"]

@@ -5,8 +5,9 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, cast
 
 from torch import nn
 
@@ -47,7 +48,7 @@ class ModelAdapter:
 
     def blocks(self, model: nn.Module) -> dict[str, list[nn.Module]]:
         """Each tower's blocks, first to last."""
-        return {name: list(model.get_submodule(tower.blocks)) for name, tower in self.towers(model).items()}
+        return {name: blocks_at(model, tower.blocks) for name, tower in self.towers(model).items()}
 
     def tower_of(self, model: nn.Module, parameter: str) -> str | None:
         """The tower a parameter name (relative to the model) belongs to: the deepest prefix wins."""
@@ -113,6 +114,20 @@ def adapter_for(model: nn.Module) -> ModelAdapter:
         raise ConfigError(f"found no transformer block stack in {type(model).__name__}; strategies that "
                           "re-train blocks need one (use full, lora or linear-probe)")
     return fallback
+
+
+def blocks_at(model: nn.Module, path: str) -> list[nn.Module]:
+    """The blocks of the stack (a ModuleList or Sequential) at ``path``, first to last."""
+    # get_submodule is typed as returning a plain Module, which is not iterable to the type checker.
+    return list(cast(Iterable[nn.Module], model.get_submodule(path)))
+
+
+def backbone_of(model: nn.Module) -> nn.Module:
+    """``model.backbone``: a task model's Hugging Face model (PEFT-wrapped under LoRA).
+
+    torch types attribute access on a Module as ``Tensor | Module``; a backbone is always a Module.
+    """
+    return cast(nn.Module, model.backbone)
 
 
 def _has_module(model: nn.Module, path: str) -> bool:

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from modaltune.models.base import backbone_of, blocks_at
 from modaltune.tasks.base import Loaded, Task
 
 #: The strategies that train something, in the order the checks run them.
@@ -131,10 +132,11 @@ def expected_groups(task_name: str, strategy: str, loaded: Loaded) -> Callable[[
     def layers_of(names: set[str]) -> set[str]:
         return {n.split(".encoder.layers.")[1].split(".")[0] for n in names if ".encoder.layers." in n}
 
-    depth = len(loaded.model.backbone.vision_model.encoder.layers) if strategy != "lora" else None
+    depth = len(blocks_at(backbone_of(loaded.model), "vision_model.encoder.layers")) if strategy != "lora" else None
     if strategy == "linear-probe":
         return lambda names: all(n.startswith("head.") or "projection" in n for n in names)
     if strategy == "last-n":
+        assert depth is not None
         want_towers = {"vision"} if task_name == "classify" else {"vision", "text"}
         return lambda names: (layers_of(names) == {str(depth - 1)} and towers(names) == want_towers
                               and not any(".embeddings." in n for n in names))
@@ -176,12 +178,12 @@ def check_export_round_trip(task: Task, loaded: Loaded, rows: list[Any], model_d
     check the weights and the metrics on ``rows`` survive the trip."""
     from modaltune.api import load_model
     from modaltune.inference import evaluate_rows
-    from modaltune.strategies import export, is_peft
+    from modaltune.strategies import export, is_peft, peft_backbone
 
     before = evaluate_rows(task, loaded, rows)
-    trained = loaded.model.backbone
+    trained = backbone_of(loaded.model)
     if is_peft(loaded):  # what the export must hold: the adapters merged into the weights
-        trained = copy.deepcopy(trained).merge_and_unload()
+        trained = copy.deepcopy(peft_backbone(loaded)).merge_and_unload()
     expected = {k: v.detach().cpu() for k, v in trained.state_dict().items()}
     export(task, loaded, model_dir)
     if is_peft(loaded):
