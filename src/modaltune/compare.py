@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,12 +70,12 @@ class PeakMemory:
             return None
 
     @contextmanager
-    def measure(self):
+    def measure(self) -> Iterator[PeakMemory]:
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
-            start = torch.cuda.memory_allocated()
+            allocated = torch.cuda.memory_allocated()
             yield self
-            self.peak_mb = round((torch.cuda.max_memory_allocated() - start) / 2**20, 1)
+            self.peak_mb = round((torch.cuda.max_memory_allocated() - allocated) / 2**20, 1)
             return
         start = self._rss()
         if start is None:

@@ -54,7 +54,7 @@ class OldTask:
         return self.task.primary_metric
 
 
-def infer_old_task_type(data: str | Path, target: type, explicit: str | None = None) -> str:
+def infer_old_task_type(data: str | Path, target: type[Task], explicit: str | None = None) -> str:
     """The task the old data is read as: ``explicit``, else the first of the target's family
     (the target's own task first) whose required fields the data has."""
     from modaltune.data import discover_splits, read_rows

@@ -12,7 +12,7 @@ import math
 from collections.abc import Iterable, Mapping
 from numbers import Number
 from pathlib import Path
-from typing import Any
+from typing import Any, SupportsFloat, cast
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -41,7 +41,9 @@ def _save(fig: Figure, path: Path) -> Path:
 
 def is_number(value: Any) -> bool:
     # bool is an int subclass but a flag, not a series; NaN/inf would break axis limits.
-    return isinstance(value, Number) and not isinstance(value, bool) and math.isfinite(float(value))
+    # numbers.Number declares no __float__; a non-real one (complex) raises here, as float() always did.
+    return (isinstance(value, Number) and not isinstance(value, bool)
+            and math.isfinite(float(cast(SupportsFloat, value))))
 
 
 def series(rows: Iterable[Mapping[str, Any]], key: str) -> tuple[list[float], list[float]]:

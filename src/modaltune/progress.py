@@ -7,6 +7,7 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -18,7 +19,7 @@ class TrainingProgress:
         self.description = description
         self.console = console or Console(stderr=True)
         self._progress: Progress | None = None
-        self._task = None
+        self._task: TaskID | None = None
 
     def start(self, total: int, completed: int) -> None:
         self._progress = Progress(
@@ -30,7 +31,7 @@ class TrainingProgress:
         self._task = self._progress.add_task(self.description, total=total, completed=completed, loss="-")
 
     def advance(self, step: int, loss: float) -> None:
-        if self._progress is not None:
+        if self._progress is not None and self._task is not None:  # start() sets both
             self._progress.update(self._task, completed=step, loss=f"{loss:.4f}")
 
     def stop(self) -> None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -103,7 +103,7 @@ def measure_shift(
     }
     features = outputs[task.feature_output]
     if task.uses_labels:
-        labels = [row.label for row in sample]
+        labels = [cast(str, row.label) for row in sample]  # a task that uses labels requires them on every row
         separability = nearest_centroid_loo(features, labels)
         if separability is not None:
             result["separability"] = round(separability, 6)

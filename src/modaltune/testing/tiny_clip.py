@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from functools import lru_cache
 from itertools import pairwise
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tokenizers import Regex, Tokenizer, normalizers, pre_tokenizers
 from tokenizers.models import BPE
@@ -173,7 +173,8 @@ def load_clip_tokenizer(tokenizer_dir: Path, *, max_length: int = 77) -> CLIPTok
     vocab = json.loads(vocab_path.read_text(encoding="utf-8"))
     lines = merges_path.read_text(encoding="utf-8").splitlines()
     merges = [tuple(line.split(" ")) for line in lines if line and not line.startswith("#version")]
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
+    # transformers annotates merges as list[str], but hands them to tokenizers' BPE, which takes (a, b) pairs.
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------- model
@@ -260,7 +261,7 @@ def _clip_image_processor(image_size: int) -> BaseImageProcessor:
 
 
 def build_clip(
-    out_dir: Path, *, texts: Iterable[str], seed: int = 0, vocab_size: int = 400, **config_kwargs
+    out_dir: Path, *, texts: Iterable[str], seed: int = 0, vocab_size: int = 400, **config_kwargs: Any
 ) -> Path:
     """Build a random-weight CLIP with a tokenizer trained on `texts`; `save_pretrained` it to `out_dir`.
 

@@ -114,7 +114,7 @@ def build_wordpiece_tokenizer(
     return BertTokenizer(vocab=vocab, do_lower_case=True, model_max_length=max_length, **kwargs)
 
 
-def _init_params(cls: type) -> set[str]:
+def _init_params(cls: type[Any]) -> set[str]:
     import inspect
 
     return set(inspect.signature(cls.__init__).parameters)

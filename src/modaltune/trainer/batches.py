@@ -60,6 +60,7 @@ class MixedDataset(Dataset):
 
     def __getitem__(self, key: tuple) -> tuple[str, tuple[Row, Any]]:
         if len(key) == 3 and key[0] == "replay":
+            assert self.replay is not None, "replay rows asked for without replay data"
             return "replay", self.replay[(key[1], key[2])]
         return "target", self.target[key]
 
@@ -73,9 +74,9 @@ def epoch_order(n: int, *, seed: int, epoch: int, weights: Sequence[float] | Non
     return torch.multinomial(probs, n, replacement=True, generator=generator).tolist()
 
 
-def oversample_weights(labels: Sequence[str]) -> list[float]:
+def oversample_weights(labels: Sequence[str | None]) -> list[float]:
     """Per-row sampling weights that make every class equally likely in expectation."""
-    counts: dict[str, int] = {}
+    counts: dict[str | None, int] = {}
     for label in labels:
         counts[label] = counts.get(label, 0) + 1
     return [1.0 / counts[label] for label in labels]

@@ -195,7 +195,7 @@ def list_checkpoints(root: Path) -> list[Path]:
 
 def latest_valid(root: Path) -> tuple[Path | None, list[str]]:
     """The newest checkpoint whose manifest checks out, and a note for each newer one that did not."""
-    problems = []
+    problems: list[str] = []
     for path in reversed(list_checkpoints(root)):
         try:
             verify(path)

@@ -65,12 +65,14 @@ def make_accelerator(precision: str) -> Any:
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for param in model.parameters():
         if param.requires_grad:
             # Weight decay on biases, norms and scalars (logit scale) only hurts: decay matrices alone.
             (decay if param.ndim >= 2 else no_decay).append(param)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups: list[dict[str, Any]] = [{"params": decay, "weight_decay": cfg.weight_decay},
+                                    {"params": no_decay, "weight_decay": 0.0}]
     groups = [g for g in groups if g["params"]]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.learning_rate, momentum=cfg.momentum)
@@ -136,13 +138,14 @@ def fit(
         parts = {"target": target_collate([item for tag, item in items if tag == "target"])}
         old_items = [item for tag, item in items if tag == "replay"]
         if old_items:
+            assert replay is not None and old_loaded is not None, "replay items come only from replay data"
             parts["replay"] = replay.task.collate(old_loaded, old_items)
         return parts
 
     terms: list[LossTerm] = []
-    if replay is not None:
+    if replay is not None and old_loaded is not None:  # old_loaded is set whenever replay is
         terms.append(ReplayTerm(replay.task, old_loaded))
-    if l2sp is not None:
+    if l2sp is not None and cfg.l2sp:  # l2sp is set only when cfg.l2sp is
         terms.append(L2SPTerm(l2sp, model, cfg.l2sp))
 
     def micro_batch_loss(batch: dict[str, dict[str, torch.Tensor]]) -> tuple[torch.Tensor, dict[str, float]]:

@@ -12,7 +12,7 @@ import struct
 import warnings
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -48,7 +48,7 @@ def load_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
         # PIL warns (rather than fails) between MAX_IMAGE_PIXELS and twice that. Make the warning an
         # error when our limit is at least as strict, so it is reported per file instead of printed;
         # when the caller allows more than PIL does, silence it and let our own check decide.
-        action = "error" if max_pixels <= (Image.MAX_IMAGE_PIXELS or 0) else "ignore"
+        action: Literal["error", "ignore"] = "error" if max_pixels <= (Image.MAX_IMAGE_PIXELS or 0) else "ignore"
         warnings.simplefilter(action, Image.DecompressionBombWarning)
         try:
             with Image.open(path) as im:

@@ -194,8 +194,8 @@ def describe_json(data: Any) -> str:
         if any("messages" in x for x in items):
             return "a chat file of 'messages' lists: visual chat is not supported yet"
         if items:
-            keys = sorted({k for x in items for k in x})
-            shown = ", ".join(repr(k) for k in keys[:12]) + (", …" if len(keys) > 12 else "")
+            item_keys = sorted({k for x in items for k in x})
+            shown = ", ".join(repr(k) for k in item_keys[:12]) + (", …" if len(item_keys) > 12 else "")
             return f"a JSON list of {len(data)} objects with keys {shown}"
         if not data:
             return "an empty JSON list"

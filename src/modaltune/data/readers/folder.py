@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from modaltune.data.media import get_decoder
 from modaltune.data.readers.base import Reader, ReadResult, Source, is_junk
@@ -71,8 +72,8 @@ def discover_splits(path: str | Path) -> dict[str, Path]:
     for split in SPLIT_ALIASES:  # train, val, test order
         folders = found.get(split, [])
         if len(folders) > 1:
-            names = ", ".join(f"{f.name}/" for f in folders)
-            raise DataError(f"{path} has several folders for the {split!r} split ({names}); keep only one.")
+            listed = ", ".join(f"{f.name}/" for f in folders)
+            raise DataError(f"{path} has several folders for the {split!r} split ({listed}); keep only one.")
         if folders:
             splits[split] = folders[0]
     return splits
@@ -133,6 +134,7 @@ def read_class_folder(root: Path, *, require: tuple[str, ...], id_prefix: str) -
     rows: list[Row] = []
     bad: list[BadRow] = []
     for rel, path, label, file_kind in entries:
+        media: dict[str, Any] = {kind: path}  # the Row field of this dataset's media kind
         if file_kind == _NESTED:
             # Labels are one level deep; taking the outer name for root/animals/cats/ would silently
             # merge classes, so a nested folder is reported instead.
@@ -146,12 +148,12 @@ def read_class_folder(root: Path, *, require: tuple[str, ...], id_prefix: str) -
                               f"file type; accepted: {accepted}"))
         elif label is not None:
             # Symlinks are allowed here: the user assembled this folder, unlike a downloaded manifest.
-            rows.append(Row(id=rel, label=label, **{kind: path}))
+            rows.append(Row(id=rel, label=label, **media))
         elif "label" in require:
             bad.append(BadRow(rel, "missing_field",
                               f"{noun} is directly in {root}, so it has no label; move it into {root}/<label>/"))
         else:  # unlabeled tasks may use a flat folder
-            rows.append(Row(id=rel, **{kind: path}))
+            rows.append(Row(id=rel, **media))
     if not rows and not bad:
         from modaltune.data.readers import accepted_layouts
 

@@ -125,11 +125,12 @@ def make_row(row_id: str, record: dict[str, Any], root: Path) -> Row | BadRow:
             )
         media[field] = resolved
 
-    answers = None
+    answers: tuple[str, ...] | None = None
     if fields.get("answers") is not None:
-        answers = parse_answers(fields["answers"])
-        if isinstance(answers, str):
-            return BadRow(row_id, "bad_json", answers)
+        parsed = parse_answers(fields["answers"])
+        if isinstance(parsed, str):
+            return BadRow(row_id, "bad_json", parsed)
+        answers = parsed
 
     label, text, question = fields.get("label"), fields.get("text"), fields.get("question")
     return Row(
