@@ -38,6 +38,7 @@ test-fast: $(STAMP) java
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache
