@@ -1,4 +1,5 @@
-"""The offline demo end to end (quick size): every file and row, numbers in range, cached base reused."""
+"""The offline demo end to end (quick size): every file and row of both regimes, numbers in range,
+the standard errors and the advisor's pick in the tables, cached base reused."""
 
 from __future__ import annotations
 
@@ -11,13 +12,14 @@ import pytest
 from rich.console import Console
 
 from modaltune.testing.demo import KEEP, STRATEGIES, run_demo
+from modaltune.testing.demo.clip import QUICK_TARGETS
 
 KEYS = {"strategy", "trainable_params", "accuracy", "seconds"}
 
 
 def _console() -> tuple[Console, io.StringIO]:
     text = io.StringIO()
-    return Console(file=text, width=120), text
+    return Console(file=text, width=200), text
 
 
 @pytest.mark.slow
@@ -31,14 +33,43 @@ def test_quick_demo_writes_every_output_and_reuses_the_cached_base(tmp_path: Pat
     results = run_demo(output, quick=True, console=console)
 
     assert "pretrained base model cached" in text.getvalue()
-    for name in ("demo_results.json", "report.html", "plots/comparison.png", "data/source/captions.jsonl"):
+    few, more = QUICK_TARGETS
+    assert few.train_per_class < more.train_per_class
+    for name in ("demo_results.json", "report.html", "plots/comparison_few-labels.png",
+                 "plots/comparison_more-labels.png", "data/source/captions.jsonl"):
         assert (output / name).is_file(), name
-    for split in ("train", "val", "test"):
-        assert any((output / "data" / "target" / split).glob("*/*.png")), split
+    for spec in QUICK_TARGETS:
+        for split in ("train", "val", "test"):
+            assert any((output / "data" / "target" / spec.slug / split).glob("*/*.png")), (spec.slug, split)
+        assert len(list((output / "data" / "target" / spec.slug / "train").glob("*/*.png"))) == \
+            spec.train_per_class * len(spec.classes)
 
     rows = json.loads((output / "demo_results.json").read_text())
     assert rows == results
-    assert [r["strategy"] for r in rows] == [*STRATEGIES, KEEP]
+    # Two regimes: few labels (every strategy and the forgetting row), then more labels.
+    assert more.strategies == ("zero-shot", "linear-probe", "last-n", "full", "scratch")
+    assert [(r["regime"], r["strategy"]) for r in rows] == \
+        [("few labels", s) for s in (*STRATEGIES, KEEP)] + [("more labels", s) for s in more.strategies]
+    for regime in ("few labels", "more labels"):
+        mine = [r for r in rows if r["regime"] == regime]
+        assert sum(r["advisor_pick"] for r in mine) == 1  # the advisor's pick is marked in each regime
+        (zero_shot,) = [r for r in mine if r["strategy"] == "zero-shot"]
+        n = mine[0]["test_rows"]
+        assert n == 3 * 4 and all(r["test_rows"] == n for r in mine)
+        for r in mine:  # the standard error of the test split, and the gap to zero-shot against 2 of its SE
+            assert r["standard_error"] == pytest.approx(math.sqrt(r["accuracy"] * (1 - r["accuracy"]) / n))
+            assert r["vs_zero_shot"] == pytest.approx(r["accuracy"] - zero_shot["accuracy"])
+            assert r["two_se_zero_shot"] == pytest.approx(2 * zero_shot["standard_error"])
+            assert r["clearly_above_zero_shot"] == (r["vs_zero_shot"] > r["two_se_zero_shot"])
+        (last_n,) = [r for r in mine if r["strategy"] == "last-n"]
+        if any(r["advisor_pick"] and r["strategy"] == "last-n" for r in mine):
+            assert last_n["layers"] == last_n["advisor_layers"]  # the row is the depth the advisor asked for
+    console_text = text.getvalue()
+    marked = [line for line in console_text.splitlines() if "← advisor" in line and "│" in line]
+    assert len(marked) == 2 and "few labels: 3 shapes" in console_text  # one table row per regime
+    assert "more labels: 3 shapes" in console_text and "test accuracy ± SE" in console_text
+    assert "standard error of the test split" in console_text and "Transfer" in console_text
+    rows = [r for r in rows if r["regime"] == "few labels"]  # the forgetting story is told there
     for row in rows:
         assert KEYS <= row.keys()
         assert 0.0 <= row["accuracy"] <= 1.0 and math.isfinite(row["accuracy"])
@@ -62,6 +93,7 @@ def test_quick_demo_writes_every_output_and_reuses_the_cached_base(tmp_path: Pat
     report = (output / "report.html").read_text()
     for strategy in STRATEGIES:
         assert strategy in report
+    assert "Results, few labels" in report and "Results, more labels" in report and "± SE" in report
     assert "data:image/png;base64," in report
 
     # The vision-language section: a VQA and a captioning run, each with its own report of samples.
@@ -85,7 +117,7 @@ def test_quick_demo_writes_every_output_and_reuses_the_cached_base(tmp_path: Pat
     assert "skipping source corpus and pretraining" in text.getvalue()
     assert [p for p in (cache / "demo-base").iterdir()] == entries
     assert (entries[0] / "demo_base.json").stat().st_mtime_ns == stamp
-    assert [r["strategy"] for r in again] == [*STRATEGIES, KEEP]
+    assert [r["strategy"] for r in again] == [*STRATEGIES, KEEP, *more.strategies]
     # Same cached base, seed and data: the same numbers.
     assert [r["accuracy"] for r in again] == [r["accuracy"] for r in results]
 
