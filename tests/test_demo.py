@@ -128,3 +128,18 @@ def test_demo_refuses_an_output_folder_it_did_not_write(tmp_path: Path) -> None:
     (tmp_path / "runs").mkdir()
     with pytest.raises(ConfigError, match="not written by the demo"):
         run_demo(tmp_path, quick=True, console=_console()[0])
+
+
+def test_base_key_follows_the_code_not_its_annotations_comments_or_docstrings():
+    from modaltune.testing import synthetic, tiny_clip
+    from modaltune.testing.demo.clip import _KEYED_AS, _source_hash, code_fingerprint
+
+    plain = "def f(x):\n    '''Add one.'''\n    return x + 1\n"
+    typed = "from typing import Any\n\n\ndef f(x: Any) -> Any:  # one more\n    return x + 1  # type: ignore\n"
+    changed = "def f(x):\n    return x + 2\n"
+    assert code_fingerprint(plain) == code_fingerprint(typed) != code_fingerprint(changed)
+    # The defining files still stand for what they stood for when the recorded base models were built
+    # (benchmarks/RESULTS.md: base 146ff6d99d033a4d), whatever typing-only edits they received since.
+    assert _source_hash(tiny_clip.__file__) == _KEYED_AS[code_fingerprint(Path(tiny_clip.__file__).read_text())]
+    assert _source_hash(tiny_clip.__file__) == "4a3b90e6045828ba30788b09b3e486a8f948061b8d92545faab94e9c64e1c27b"
+    assert _source_hash(synthetic.__file__) == "049ac577c44b42d1d7bea5e0860e17339cc6317a931846aabc709f4adc4fb8c4"
