@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -19,6 +20,7 @@ from modaltune.tasks.base import Loaded, Task, create_task, read_meta, task_clas
 
 if TYPE_CHECKING:
     from modaltune.advisor import Advice
+    from modaltune.data.validate import DataReport
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +34,8 @@ class Splits:
 
 
 def _load(path: str | Path, task_cls: Any, *, split: str | None, known: set[str] | None, skip_bad: bool,
-          data_format: str | None = None, max_audio_seconds: float | None = DEFAULT_MAX_AUDIO_SECONDS):
+          data_format: str | None = None, max_audio_seconds: float | None = DEFAULT_MAX_AUDIO_SECONDS,
+          ) -> tuple[list[Row], DataReport]:
     from modaltune.data import load_dataset
 
     return load_dataset(path, require=task_cls.required, split=split, known_labels=known, skip_bad=skip_bad,
@@ -46,9 +49,11 @@ def load_splits(cfg: TrainConfig, task_cls: Any) -> Splits:
 
     splits = discover_splits(cfg.data) if Path(cfg.data).is_dir() else {}
     train_split = "train" if "train" in splits else None
-    read = {"skip_bad": cfg.skip_bad, "data_format": cfg.data_format, "max_audio_seconds": cfg.max_audio_seconds}
+    read: dict[str, Any] = {"skip_bad": cfg.skip_bad, "data_format": cfg.data_format,
+                            "max_audio_seconds": cfg.max_audio_seconds}
     train, train_report = _load(cfg.data, task_cls, split=train_split, known=None, **read)
-    labels = sorted({r.label for r in train}) if task_cls.uses_labels else None
+    # a task that uses labels requires one on every row it reads
+    labels = sorted({cast(str, r.label) for r in train}) if task_cls.uses_labels else None
     known = set(labels) if labels else None
     report: dict[str, Any] = {"train": train_report.to_dict()}
     if cfg.val is not None:
@@ -268,7 +273,7 @@ def _write_outputs(setup: _Setup, cfg: TrainConfig, metrics: dict[str, Any]) -> 
                            sections=reporting.transfer_sections(metrics) + reporting.sample_sections(metrics))
 
 
-def _task_for(cfg: TrainConfig, splits: Splits, *, extra_rows: list[Row] = ()) -> Task:
+def _task_for(cfg: TrainConfig, splits: Splits, *, extra_rows: Sequence[Row] = ()) -> Task:
     """The task instance ``cfg`` trains: labels and prompt from the data, class weights if asked,
     whatever else the task learns from its training rows (and ``extra_rows``: rehearsed ones)."""
     from modaltune.trainer.batches import class_weights
@@ -281,7 +286,8 @@ def _task_for(cfg: TrainConfig, splits: Splits, *, extra_rows: list[Row] = ()) -
     if splits.labels is not None:
         options.update(labels=splits.labels, prompt_template=cfg.prompt_template)
         if cfg.balance == "class-weights":
-            options["class_weights"] = class_weights([r.label for r in splits.train], splits.labels)
+            # labels were read from the training rows, so every one of them has a label
+            options["class_weights"] = class_weights([cast(str, r.label) for r in splits.train], splits.labels)
     return create_task(cfg.task, **options)
 
 
@@ -306,7 +312,7 @@ def advise(task: str, model: str, data: str | Path, *, reference: str | Path | N
     cfg = TrainConfig(task=task, model=str(model), data=str(data), batch_size=batch_size, seed=seed,
                       strategy="auto", trust_remote_code=trust_remote_code, data_format=data_format,
                       max_audio_seconds=max_audio_seconds,
-                      **({"prompt_template": prompt_template} if prompt_template else {}))
+                      **cast(dict[str, Any], {"prompt_template": prompt_template} if prompt_template else {}))
     task_cls = task_class(task)
     splits = load_splits(cfg, task_cls)
     instance = _task_for(cfg, splits)
@@ -351,6 +357,7 @@ def _wise_ft(cfg: TrainConfig, task: Task, loaded: Loaded, val: list[Row], ancho
         after = score_old_task(old_task, loaded, batch_size=cfg.eval_batch_size)
         return float(old_before[old_task.metric]) - float(after[old_task.metric])
 
+    assert cfg.wise_ft is not None, "called only when --wise-ft is set"
     return wise_ft(loaded.model, anchor, alpha=cfg.wise_ft, target_score=target_score, old_drop=old_drop,
                    max_forgetting=cfg.max_forgetting, rows=len(val), metric=task.primary_metric)
 
@@ -426,8 +433,7 @@ def _eval_rows(model_or_run: str | Path, data: str | Path | None, *, task: str |
         from modaltune.config import build_config
 
         cfg = build_config(run.config)
-        name = cfg.task
-        task_cls = task_class(name)
+        task_cls = task_class(cfg.task)
         return load_splits(cfg, task_cls).val
     name = task or (read_meta(resolve_model_dir(model_or_run)) or {}).get("task")
     if name is None:
@@ -442,7 +448,7 @@ def _eval_rows(model_or_run: str | Path, data: str | Path | None, *, task: str |
     return rows
 
 
-def predict(model_or_run: str | Path, inputs: list[str | Path], *, task: str | None = None,
+def predict(model_or_run: str | Path, inputs: Sequence[str | Path], *, task: str | None = None,
             labels: list[str] | None = None, texts: list[str] | None = None, question: str | None = None,
             num_beams: int | None = None, max_new_tokens: int | None = None) -> list[dict]:
     """Predictions for image files, one dict per input (label + top-k, ranked texts, a caption, or the

@@ -392,7 +392,7 @@ def bench_transfer(
 #: Typer 0.2x vendors its own click: the usage errors it raises (a missing or malformed option, a
 #: `typer.BadParameter` from a command) are not `click.ClickException`s, and were reported as
 #: internal errors (exit 1) instead of bad usage (exit 2).
-_TYPER_USAGE_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+_TYPER_USAGE_ERROR: type[Any] = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 
 def _log_to_console() -> None:

@@ -7,11 +7,14 @@ import pkgutil
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import ClassVar, cast
+from typing import TYPE_CHECKING, ClassVar, cast
 
 from torch import nn
 
 from modaltune.errors import ConfigError
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 #: Names of the ModuleLists that hold a stack's transformer blocks (CLIP/BLIP "layers", BERT/ViLT
 #: "layer", GPT-2 "h", timm-style "blocks").
@@ -128,6 +131,11 @@ def backbone_of(model: nn.Module) -> nn.Module:
     torch types attribute access on a Module as ``Tensor | Module``; a backbone is always a Module.
     """
     return cast(nn.Module, model.backbone)
+
+
+def hf_config(model: nn.Module) -> PretrainedConfig:
+    """``model.config`` of a Hugging Face model, typed as the config it is."""
+    return cast("PretrainedConfig", model.config)
 
 
 def _has_module(model: nn.Module, path: str) -> bool:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from modaltune.errors import ConfigError, ModaltuneError
-from modaltune.models.base import ATTENTION_PROJECTIONS, StructuralAdapter
+from modaltune.models.base import ATTENTION_PROJECTIONS, StructuralAdapter, blocks_at, hf_config
 from modaltune.tasks.base import ModelOptions, Task, load_error, unwrap, write_meta
 
 #: Attention projections LoRA wraps, in every block stack of the model.
@@ -65,7 +65,7 @@ def stacks(model: nn.Module) -> dict[str, list[nn.Module]]:
     if not towers:
         raise ConfigError(f"found no transformer block stack in {type(backbone).__name__}; "
                           "last-n needs one (use full, lora or linear-probe)")
-    return {tower.blocks: list(backbone.get_submodule(tower.blocks)) for tower in towers.values()}
+    return {tower.blocks: blocks_at(backbone, tower.blocks) for tower in towers.values()}
 
 
 def top_parameter_names(backbone: nn.Module, prefix: str = "backbone.") -> list[str]:
@@ -131,7 +131,7 @@ def image_embedding(model: nn.Module, pixel_values: torch.Tensor) -> torch.Tenso
     shift measurement compares."""
     model = unwrap(model)
     for path in ("vision_model", "git.image_encoder", "vision_tower", "vision_encoder"):
-        tower = model
+        tower: Any = model
         for part in path.split("."):
             tower = getattr(tower, part, None)
         if tower is not None:
@@ -191,7 +191,7 @@ def special_tokens(model: nn.Module, tokenizer: Any) -> Tokens:
     generation config or tokenizer."""
     model = unwrap(model)
     text = text_config(model)
-    if model.config.model_type == "blip":
+    if hf_config(model).model_type == "blip":
         return Tokens(text.bos_token_id, text.sep_token_id, text.pad_token_id)
     gen = getattr(model, "generation_config", None)
 
@@ -209,6 +209,7 @@ def special_tokens(model: nn.Module, tokenizer: Any) -> Tokens:
     pad = first(tokenizer.pad_token_id, getattr(gen, "pad_token_id", None), eos)
     if bos is None or eos is None:
         raise ConfigError(f"{type(model).__name__}: cannot tell its start/end tokens for generation")
+    assert pad is not None  # falls back to eos
     return Tokens(bos, eos, pad)
 
 
