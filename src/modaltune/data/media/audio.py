@@ -25,6 +25,8 @@ Reason codes (explained in ``data.validate.REASONS``): ``missing_file``, ``empty
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,22 +68,29 @@ def audio_info(path: str | Path, *, max_seconds: float | None = None) -> AudioIn
     finds a FLAC or Ogg file cut short. Damage in the middle of a compressed stream is found by
     `load_audio` only.
     """
+    path = Path(path)
+    with _opened(path, max_seconds) as (f, info):
+        if info.format != "MP3" or _mp3_length_is_exact(path):
+            f.seek(info.frames - 1)  # a truncated stream fails here, at the cost of decoding one block
+            if len(f.read(1, dtype="float32", always_2d=True)) != 1:
+                raise MediaError("corrupt_audio", f"{path} ends before its last frame: the file is truncated")
+    return info
+
+
+@contextmanager
+def _opened(path: Path, max_seconds: float | None) -> Iterator[tuple[Any, AudioInfo]]:
+    """The open file and its checked header facts; what libsndfile raises becomes a reason code."""
     import soundfile as sf
 
-    path = Path(path)
     require_nonempty_file(path)
     head = _read_head(path)
     try:
         with sf.SoundFile(str(path)) as f:
             info = AudioInfo(int(f.samplerate), int(f.channels), int(f.frames), str(f.format), str(f.subtype))
             _check_header(path, info, head, max_seconds)
-            if info.format != "MP3" or _mp3_length_is_exact(path):
-                f.seek(info.frames - 1)  # a truncated stream fails here, at the cost of decoding one block
-                if len(f.read(1, dtype="float32", always_2d=True)) != 1:
-                    raise MediaError("corrupt_audio", f"{path} ends before its last frame: the file is truncated")
+            yield f, info
     except (sf.LibsndfileError, RuntimeError, OSError, ValueError) as exc:
         raise _open_error(path, head, exc) from exc
-    return info
 
 
 def check_audio(path: str | Path, *, max_seconds: float | None = None) -> None:
@@ -101,18 +110,11 @@ def load_audio(
     import soundfile as sf
 
     path = Path(path)
-    require_nonempty_file(path)
-    head = _read_head(path)
-    try:
-        with sf.SoundFile(str(path)) as f:
-            info = AudioInfo(int(f.samplerate), int(f.channels), int(f.frames), str(f.format), str(f.subtype))
-            _check_header(path, info, head, max_seconds)
-            try:
-                data = f.read(dtype="float32", always_2d=True)
-            except (sf.LibsndfileError, RuntimeError, ValueError) as exc:
-                raise MediaError("corrupt_audio", f"{path} could not be decoded: {exc}") from exc
-    except (sf.LibsndfileError, RuntimeError, OSError, ValueError) as exc:
-        raise _open_error(path, head, exc) from exc
+    with _opened(path, max_seconds) as (f, info):
+        try:
+            data = f.read(dtype="float32", always_2d=True)
+        except (sf.LibsndfileError, RuntimeError, ValueError) as exc:
+            raise MediaError("corrupt_audio", f"{path} could not be decoded: {exc}") from exc
 
     decoded = len(data)
     if info.format == "MP3" and not _mp3_length_is_exact(path):
