@@ -235,13 +235,13 @@ def test_long_texts_are_truncated_to_the_model_and_oversized_generation_is_refus
     rows = [Row(id="x", image=tmp_path / img, text=long_text)]
     from PIL import Image
 
-    batch = task.collate(loaded, [(rows[0], Image.open(tmp_path / img).convert("RGB"))])
+    batch = task.collate(loaded, [(rows[0], {"image": Image.open(tmp_path / img).convert("RGB")})])
     assert batch["input_ids"].shape[1] <= 64
     assert torch.isfinite(task.loss(loaded, batch))
     vqa = create_task("vqa", max_new_tokens=4)
     git = vqa.load(tiny_git)
     item = (Row(id="q", image=tmp_path / img, question=long_text, answers=("red",)),
-            Image.open(tmp_path / img).convert("RGB"))
+            {"image": Image.open(tmp_path / img).convert("RGB")})
     batch = vqa.collate(git, [item])
     assert batch["input_ids"].shape[1] <= 64 and torch.isfinite(vqa.loss(git, batch))
     unlabelled = vqa.collate(git, [(Row(id="q", image=tmp_path / img, question=long_text), item[1])])
@@ -264,7 +264,7 @@ def test_model_labels_written_differently_still_receive_their_answers(tmp_path, 
     from modaltune.data.rows import Row
 
     image = Image.new("RGB", (32, 32))
-    batch = task.collate(loaded, [(Row(id="a", question="what colour?", answers=("red", "red", "blue")), image)])
+    batch = task.collate(loaded, [(Row(id="a", question="what colour?", answers=("red", "red", "blue")), {"image": image})])
     assert batch["labels"].tolist() == [[0.0, pytest.approx(2 / 3), pytest.approx(1 / 3)]]
 
 

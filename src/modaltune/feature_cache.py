@@ -88,14 +88,15 @@ def cache_key(split: CacheSplit, rows: Sequence[Row]) -> str:
 
 @torch.no_grad()
 def compute_features(split: CacheSplit, collate: Callable[[list], dict[str, torch.Tensor]], rows: Sequence[Row],
-                     out: Path, *, device: torch.device, batch_size: int = 64, workers: int = 0) -> np.ndarray:
+                     out: Path, *, device: torch.device, batch_size: int = 64, workers: int = 0,
+                     media_options: dict[str, Any] | None = None) -> np.ndarray:
     """Run the frozen part over ``rows`` in order into ``out`` (a .npy written batch by batch)."""
     from modaltune.trainer.batches import MediaDataset, chunk, loader
 
     memmap = None
     position = 0
     batches = chunk([(0, i) for i in range(len(rows))], batch_size)
-    for batch in loader(MediaDataset(rows), batches, collate, workers=workers):
+    for batch in loader(MediaDataset(rows, media_options=media_options), batches, collate, workers=workers):
         feats = split.encode({k: v.to(device) for k, v in batch.items()}).float().cpu().numpy()
         if memmap is None:
             memmap = np.lib.format.open_memmap(out, mode="w+", dtype=np.float32, shape=(len(rows), *feats.shape[1:]))
@@ -108,7 +109,8 @@ def compute_features(split: CacheSplit, collate: Callable[[list], dict[str, torc
 
 
 def get_features(split: CacheSplit, collate: Callable[[list], dict[str, torch.Tensor]], rows: Sequence[Row], *,
-                 root: Path, device: torch.device, batch_size: int = 64, workers: int = 0) -> tuple[np.ndarray, bool]:
+                 root: Path, device: torch.device, batch_size: int = 64, workers: int = 0,
+                 media_options: dict[str, Any] | None = None) -> tuple[np.ndarray, bool]:
     """The boundary tensors of ``rows`` (memory-mapped), computing them first when not cached.
     Returns (features, hit)."""
     key = cache_key(split, rows)
@@ -123,7 +125,7 @@ def get_features(split: CacheSplit, collate: Callable[[list], dict[str, torch.Te
     tmp.mkdir()
     try:
         compute_features(split, collate, rows, tmp / "features.npy", device=device, batch_size=batch_size,
-                         workers=workers)
+                         workers=workers, media_options=media_options)
         (tmp / "meta.json").write_text(json.dumps({"format": FORMAT, "split": split.name, "rows": len(rows),
                                                     "ids": [r.id for r in rows[:5]]}) + "\n")
         try:

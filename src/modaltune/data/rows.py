@@ -21,6 +21,12 @@ class Row:
     answers: tuple[str, ...] | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
+    @property
+    def media(self) -> dict[str, Path]:
+        """The row's media references by name (``{"image": path}``, ``{"audio": path}``): what
+        batching decodes, each through the decoder registered for its kind."""
+        return {name: path for name, path in (("image", self.image), ("audio", self.audio)) if path is not None}
+
 
 @dataclass(frozen=True)
 class BadRow:

@@ -63,6 +63,9 @@ class Loaded:
     model: nn.Module
     processor: Any
     meta: dict[str, Any] = field(default_factory=dict)
+    #: Options for the media decoders that feed this model (``{"sampling_rate": 48000}`` for an
+    #: audio model): decoded media arrive as the processor expects them.
+    media_options: dict[str, Any] = field(default_factory=dict)
 
 
 class Task(ABC):

@@ -61,7 +61,7 @@ class CaptionTask(vl.StackedBlocksTask):
 
     def collate(self, loaded: Loaded, items: list[tuple[Row, Any]]) -> dict[str, torch.Tensor]:
         processor = loaded.processor
-        batch = {"pixel_values": processor.image_processor(images=[img for _, img in items],
+        batch = {"pixel_values": processor.image_processor(images=[media["image"] for _, media in items],
                                                            return_tensors="pt")["pixel_values"]}
         texts = [row.text for row, _ in items]
         if all(texts):

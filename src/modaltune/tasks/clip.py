@@ -209,7 +209,7 @@ class ClassifyTask(DualEncoderTask):
         model.head.bias.zero_()
 
     def collate(self, loaded: Loaded, items: list[tuple[Row, Any]]) -> dict[str, torch.Tensor]:
-        batch = {"pixel_values": _pixels(loaded.processor, [image for _, image in items])}
+        batch = {"pixel_values": _pixels(loaded.processor, [media["image"] for _, media in items])}
         if all(row.label is not None for row, _ in items):
             index = {label: i for i, label in enumerate(self.labels)}
             batch["labels"] = torch.tensor([index[row.label] for row, _ in items])
@@ -370,7 +370,7 @@ class RetrieveTask(DualEncoderTask):
         return Loaded(model=BackboneModel(backbone), processor=processor)
 
     def collate(self, loaded: Loaded, items: list[tuple[Row, Any]]) -> dict[str, torch.Tensor]:
-        batch = {"pixel_values": _pixels(loaded.processor, [image for _, image in items])}
+        batch = {"pixel_values": _pixels(loaded.processor, [media["image"] for _, media in items])}
         texts = [row.text for row, _ in items]
         if all(texts):
             batch.update(_tokenize(loaded.processor, loaded.model.backbone, texts))

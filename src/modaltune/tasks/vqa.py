@@ -148,7 +148,7 @@ class VqaTask(vl.StackedBlocksTask):
 
     def collate(self, loaded: Loaded, items: list[tuple[Row, Any]]) -> dict[str, torch.Tensor]:
         processor = loaded.processor
-        images = [img for _, img in items]
+        images = [media["image"] for _, media in items]
         questions = [row.question or "" for row, _ in items]
         answers = [row.answers for row, _ in items]
         labelled = all(answers)

@@ -21,30 +21,35 @@ Key = tuple[int, int]  # (epoch, row index)
 
 
 class MediaDataset(Dataset):
-    """Rows by (epoch, index) key → (row, decoded image or None)."""
+    """Rows by (epoch, index) key → (row, {media name: decoded value}).
+
+    Every media reference of a row is decoded by the decoder registered for its kind, with
+    ``media_options`` (what the model needs, e.g. ``sampling_rate``; limits such as ``max_pixels``):
+    each decoder takes the options meant for it and ignores the rest.
+    """
 
     def __init__(self, rows: Sequence[Row], *, augment: bool = False, seed: int = 0,
-                 max_pixels: int | None = None) -> None:
+                 max_pixels: int | None = None, media_options: dict[str, Any] | None = None) -> None:
         self.rows = list(rows)
         self.augment = augment
         self.seed = seed
-        self.max_pixels = max_pixels
+        self.options = dict(media_options or {})
+        if max_pixels is not None:
+            self.options["max_pixels"] = max_pixels
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, key: Key | int) -> tuple[Row, Any]:
-        from modaltune.data import augment_image, load_image
+    def __getitem__(self, key: Key | int) -> tuple[Row, dict[str, Any]]:
+        from modaltune.data import augment_image
+        from modaltune.data.media import get_decoder
 
         epoch, index = key if isinstance(key, tuple) else (0, key)
         row = self.rows[index]
-        image = None
-        if row.image is not None:
-            limit = {} if self.max_pixels is None else {"max_pixels": self.max_pixels}
-            image = load_image(row.image, **limit)
-            if self.augment:
-                image = augment_image(image, random.Random(f"{self.seed}:{epoch}:{index}"))
-        return row, image
+        media = {name: get_decoder(name).load(path, **self.options) for name, path in row.media.items()}
+        if self.augment and "image" in media:
+            media["image"] = augment_image(media["image"], random.Random(f"{self.seed}:{epoch}:{index}"))
+        return row, media
 
 
 class MixedDataset(Dataset):

@@ -129,8 +129,9 @@ def fit(
     if cfg.balance == "oversample":
         weights = oversample_weights([row.label for row in train_rows])
     cached = _feature_cache(cfg, task, loaded, train_rows, val_rows, replay, accelerator.device)
-    target_data = cached.train if cached else MediaDataset(train_rows, augment=cfg.augment, seed=cfg.seed)
-    dataset = MixedDataset(target_data, MediaDataset(replay.rows) if replay is not None else None)
+    target_data = cached.train if cached else MediaDataset(train_rows, augment=cfg.augment, seed=cfg.seed,
+                                                         media_options=loaded.media_options)
+    dataset = MixedDataset(target_data, MediaDataset(replay.rows, media_options=loaded.media_options) if replay is not None else None)
     target_collate = cached.split.collate if cached else (lambda items: task.collate(loaded, items))
     target_loss = cached.split.loss if cached else (lambda batch: task.loss(loaded, batch))
 
@@ -319,7 +320,7 @@ def _feature_cache(cfg: TrainConfig, task: Task, loaded: Loaded, train_rows: Seq
     try:
         def features(rows: Sequence[Row]) -> tuple[Any, bool]:  # compute_features runs under no_grad
             return get_features(split, lambda items: task.collate(loaded, items), rows, root=root,
-                                device=device, batch_size=cfg.eval_batch_size, workers=cfg.num_workers)
+                                media_options=loaded.media_options, device=device, batch_size=cfg.eval_batch_size, workers=cfg.num_workers)
 
         train, train_hit = features(train_rows)
         val, val_hit = features(val_rows) if val_rows else (None, True)
