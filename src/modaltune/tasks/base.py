@@ -66,6 +66,11 @@ class Loaded:
     #: Options for the media decoders that feed this model (``{"sampling_rate": 48000}`` for an
     #: audio model): decoded media arrive as the processor expects them.
     media_options: dict[str, Any] = field(default_factory=dict)
+    #: What the task learnt from the training data or read back from a saved model (class labels,
+    #: answer vocabulary and head mode, generation settings): JSON-able, written by ``save`` into
+    #: ``modaltune.json`` under ``"state"`` and restored by ``load``. A task keeps it here, never on
+    #: itself, so one task object can load, attach to and score several models.
+    state: dict[str, Any] = field(default_factory=dict)
 
 
 class Task(ABC):
