@@ -47,28 +47,29 @@ def load_splits(cfg: TrainConfig, task_cls: Any) -> Splits:
     """Train and validation rows: the data's own train/val folders, ``--val``, or a seeded split."""
     from modaltune.data import discover_splits, train_val_split
 
-    splits = discover_splits(cfg.data) if Path(cfg.data).is_dir() else {}
+    splits = discover_splits(cfg.data.train) if Path(cfg.data.train).is_dir() else {}
     train_split = "train" if "train" in splits else None
-    read: dict[str, Any] = {"skip_bad": cfg.skip_bad, "data_format": cfg.data_format,
-                            "max_audio_seconds": cfg.max_audio_seconds}
-    train, train_report = _load(cfg.data, task_cls, split=train_split, known=None, **read)
+    read: dict[str, Any] = {"skip_bad": cfg.data.skip_bad, "data_format": cfg.data.format,
+                            "max_audio_seconds": cfg.data.max_audio_seconds}
+    train, train_report = _load(cfg.data.train, task_cls, split=train_split, known=None, **read)
     # a task that uses labels requires one on every row it reads
     labels = sorted({cast(str, r.label) for r in train}) if task_cls.uses_labels else None
     known = set(labels) if labels else None
     report: dict[str, Any] = {"train": train_report.to_dict()}
-    if cfg.val is not None:
-        val, val_report = _load(cfg.val, task_cls, split=None, known=known, **read)
-        report["val"], report["split"] = val_report.to_dict(), f"validation data from {cfg.val}"
+    if cfg.data.val is not None:
+        val, val_report = _load(cfg.data.val, task_cls, split=None, known=known, **read)
+        report["val"], report["split"] = val_report.to_dict(), f"validation data from {cfg.data.val}"
     elif "val" in splits:
-        val, val_report = _load(cfg.data, task_cls, split="val", known=known, **read)
+        val, val_report = _load(cfg.data.train, task_cls, split="val", known=known, **read)
         report["val"], report["split"] = val_report.to_dict(), "the data's own val/ folder"
     else:
-        train, val = train_val_split(train, val_fraction=cfg.val_fraction, seed=cfg.seed,
+        train, val = train_val_split(train, val_fraction=cfg.data.val_fraction, seed=cfg.runtime.seed,
                                      stratify_by_label=task_cls.uses_labels)
-        report["split"] = f"seeded split: {cfg.val_fraction:.0%} of {cfg.data} held out (seed {cfg.seed})"
+        report["split"] = (f"seeded split: {cfg.data.val_fraction:.0%} of {cfg.data.train} held out "
+                           f"(seed {cfg.runtime.seed})")
         report["val_ids"] = [r.id for r in val]
     if labels is not None and len(labels) < 2:
-        raise DataError(f"{cfg.data}: task {cfg.task} needs at least 2 classes, found {labels}")
+        raise DataError(f"{cfg.data.train}: task {cfg.task} needs at least 2 classes, found {labels}")
     return Splits(train=train, val=val, report=report, labels=labels)
 
 
@@ -95,13 +96,14 @@ def device() -> torch.device:
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, progress: Any = None) -> dict[str, Any]:
-    """Run ``cfg`` end to end into ``cfg.output``; returns the metrics written to ``metrics.json``.
+    """Run ``cfg`` end to end into ``cfg.runtime.output``; returns the metrics written to ``metrics.json``.
 
     The recipe: read the data and the old task → load the model (the advisor first, for ``auto``)
     → score the baselines → apply the strategy → fit → WiSE-FT → export ``model/`` → score the
     exported model → write the run directory.
     """
     started = time.perf_counter()
+    cfg = cfg.resolved()  # the strategy's defaults filled in: config.yaml holds what runs
     setup = _prepare(cfg, resume)
     trained = _adapt(setup, resume=resume, progress=progress)
     metrics = _final_metrics(setup, trained, started)
@@ -138,17 +140,18 @@ class _Trained:
 def _prepare(cfg: TrainConfig, resume: bool) -> _Setup:
     from modaltune.forgetting import load_old_task
 
-    run = RunDir(Path(cfg.output))
+    run = RunDir(Path(cfg.runtime.output))
     _check_output(run, cfg, resume)
     task_cls = task_class(cfg.task)
     splits = load_splits(cfg, task_cls)
     old_task = replay = None
-    if cfg.old_task is not None:
-        old_task = load_old_task(cfg.old_task, task_cls, explicit=cfg.old_task_type, purpose="eval",
-                                 prompt_template=cfg.prompt_template, skip_bad=cfg.skip_bad)
-    if cfg.replay is not None:
-        replay = load_old_task(cfg.replay, task_cls, explicit=cfg.old_task_type, purpose="train",
-                               prompt_template=cfg.prompt_template, skip_bad=cfg.skip_bad)
+    transfer = cfg.transfer
+    old = {"explicit": transfer.old_task_type, "prompt_template": cfg.task_option("prompt_template"),
+           "skip_bad": cfg.data.skip_bad}
+    if transfer.old_task is not None:
+        old_task = load_old_task(transfer.old_task, task_cls, purpose="eval", **old)
+    if transfer.replay is not None:
+        replay = load_old_task(transfer.replay, task_cls, purpose="train", **old)
     # Rehearsed rows of the same task train the same head (a VQA classifier needs their answers too).
     rehearsed = replay.rows if replay is not None and replay.name == cfg.task else []
     task = _task_for(cfg, splits, extra_rows=rehearsed)
@@ -169,42 +172,45 @@ def _adapt(setup: _Setup, *, resume: bool, progress: Any) -> _Trained:
 
     cfg, task, splits = setup.cfg, setup.task, setup.splits
     advice = loaded = None
-    if cfg.strategy == "auto":
+    if cfg.strategy.name == "auto":
         # Advised from the base model as it is; config.yaml keeps `auto`, so a rerun advises again.
-        loaded = task.load(cfg.model, trust_remote_code=cfg.trust_remote_code, options=cfg.model_options())
+        loaded = task.load(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code,
+                           options=cfg.model_options())
         advice = advise_for(cfg, task, loaded, splits)
         cfg = follow_advice(cfg, advice)
         if advice.strategy == "scratch":
             loaded = None  # scratch must not start from the weights just read
 
-    scratch = cfg.strategy == "scratch"
-    torch.manual_seed(cfg.seed)  # scratch init and LoRA init are drawn from here
+    scratch = cfg.strategy.name == "scratch"
+    torch.manual_seed(cfg.runtime.seed)  # scratch init and LoRA init are drawn from here
     if loaded is None:
-        loaded = task.load(cfg.model, scratch=scratch, trust_remote_code=cfg.trust_remote_code,
+        loaded = task.load(cfg.model.name, scratch=scratch, trust_remote_code=cfg.model.trust_remote_code,
                            options=cfg.model_options())
     loaded.model.to(device())
 
     baseline: dict[str, Any] = {"skipped": "scratch never reads the pretrained weights"} if scratch else {}
-    if not scratch and cfg.zero_shot_baseline and splits.val:
-        baseline = evaluate_rows(task, loaded, splits.val, batch_size=cfg.eval_batch_size, workers=cfg.num_workers)
+    if not scratch and cfg.transfer.zero_shot_baseline and splits.val:
+        baseline = evaluate_rows(task, loaded, splits.val, batch_size=cfg.runtime.eval_batch_size,
+                                 workers=cfg.num_workers)
     old_before = None
     if setup.old_task is not None and not scratch:
-        old_before = score_old_task(setup.old_task, loaded, batch_size=cfg.eval_batch_size, workers=cfg.num_workers)
+        old_before = score_old_task(setup.old_task, loaded, batch_size=cfg.runtime.eval_batch_size,
+                                    workers=cfg.num_workers)
 
-    info = apply_strategy(task, loaded, cfg.strategy, layers=cfg.layers, towers=cfg.towers,
-                          lora=LoraOptions(cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout))
-    anchor = Anchor.capture(loaded.model) if (cfg.wise_ft is not None or cfg.l2sp) else None
+    info = apply_strategy(task, loaded, cfg.strategy.name, layers=cfg.strategy.layers, towers=cfg.strategy.towers,
+                          lora=LoraOptions(cfg.strategy.lora_rank, cfg.strategy.lora_alpha, cfg.strategy.lora_dropout))
+    anchor = Anchor.capture(loaded.model) if (cfg.transfer.wise_ft is not None or cfg.transfer.l2sp) else None
     replay, replay_skipped = setup.replay, None
     if replay is not None and not rehearsable(replay, loaded):
-        replay_skipped = (f"--replay skipped: with strategy {cfg.strategy} nothing the old task uses trains "
+        replay_skipped = (f"--replay skipped: with strategy {cfg.strategy.name} nothing the old task uses trains "
                           "(only the target's own head does), so rehearsing it could not change it")
         logger.warning(replay_skipped)
     result = None
-    if cfg.strategy != "zero-shot":
+    if cfg.strategy.name != "zero-shot":
         result = fit(cfg, task, loaded, splits.train, splits.val, setup.run, resume=resume, progress=progress,
                      replay=None if replay_skipped else replay, anchor=anchor)
     wise = None
-    if cfg.wise_ft is not None and anchor is not None:
+    if cfg.transfer.wise_ft is not None and anchor is not None:
         wise = _wise_ft(cfg, task, loaded, splits.val, anchor, setup.old_task, old_before)
     loaded.model.to("cpu")
     export(task, loaded, setup.run.model, consume=True)  # the training copy is dropped just below
@@ -222,11 +228,12 @@ def _final_metrics(setup: _Setup, trained: _Trained, started: float) -> dict[str
     cfg, splits, result = trained.cfg, setup.splits, trained.result
     final: dict[str, Any] = {}
     if splits.val:
-        final = evaluate(setup.run.model, rows=splits.val, batch_size=cfg.eval_batch_size)
+        final = evaluate(setup.run.model, rows=splits.val, batch_size=cfg.runtime.eval_batch_size)
     extra: dict[str, Any] = {}
     if setup.old_task is not None:
         _, exported = load_model(setup.run.model)
-        after = score_old_task(setup.old_task, exported, batch_size=cfg.eval_batch_size, workers=cfg.num_workers)
+        after = score_old_task(setup.old_task, exported, batch_size=cfg.runtime.eval_batch_size,
+                               workers=cfg.num_workers)
         extra["forgetting"] = forgetting_report(setup.old_task, trained.old_before, after)
         del exported
     if trained.advice is not None:
@@ -236,14 +243,14 @@ def _final_metrics(setup: _Setup, trained: _Trained, started: float) -> dict[str
     if setup.replay is not None:
         extra["replay"] = {"data": setup.replay.source, "task": setup.replay.name, "rows": len(setup.replay.rows),
                            "ratio": cfg.replay_share, "skipped": trained.replay_skipped}
-    if cfg.l2sp:
-        extra["l2sp"] = cfg.l2sp
+    if cfg.transfer.l2sp:
+        extra["l2sp"] = cfg.transfer.l2sp
     return {
         **final,
         "zero_shot": trained.baseline,
         **extra,
         "run": {
-            "task": cfg.task, "model": cfg.model, "strategy": trained.info.to_dict(),
+            "task": cfg.task, "model": cfg.model.name, "strategy": trained.info.to_dict(),
             "primary_metric": setup.task.primary_metric,
             "train_rows": len(splits.train), "val_rows": len(splits.val),
             "steps": result.state.step if result else 0,
@@ -268,7 +275,7 @@ def _write_outputs(setup: _Setup, cfg: TrainConfig, metrics: dict[str, Any]) -> 
     plots.plot_history(run.read_history(), run.plots)
     if "confusion_matrix" in metrics and splits.labels:
         plots.plot_confusion_matrix(metrics["confusion_matrix"], splits.labels, run.plots / "confusion_matrix.png")
-    reporting.write_report(run.root, title=f"modaltune · {cfg.task} · {cfg.strategy}", config=cfg.model_dump(),
+    reporting.write_report(run.root, title=f"modaltune · {cfg.task} · {cfg.strategy.name}", config=cfg.model_dump(),
                            data_report=splits.report, metrics=metrics, history=run.read_history(),
                            sections=reporting.transfer_sections(metrics) + reporting.sample_sections(metrics))
 
@@ -280,12 +287,12 @@ def _task_for(cfg: TrainConfig, splits: Splits, *, extra_rows: Sequence[Row] = (
 
     options: dict[str, Any] = {}
     options.update(task_class(cfg.task).options_from_rows([*splits.train, *extra_rows]))
-    for name in ("num_beams", "max_new_tokens"):
-        if getattr(cfg, name) is not None:
-            options[name] = getattr(cfg, name)
+    section = cfg.task_options()  # the task's own config section: its fields are constructor arguments
+    if section is not None:
+        options.update(section.model_dump(exclude_none=True))
     if splits.labels is not None:
-        options.update(labels=splits.labels, prompt_template=cfg.prompt_template)
-        if cfg.balance == "class-weights":
+        options["labels"] = splits.labels
+        if cfg.data.balance == "class-weights":
             # labels were read from the training rows, so every one of them has a label
             options["class_weights"] = class_weights([cast(str, r.label) for r in splits.train], splits.labels)
     return create_task(cfg.task, **options)
@@ -294,11 +301,12 @@ def _task_for(cfg: TrainConfig, splits: Splits, *, extra_rows: Sequence[Row] = (
 def follow_advice(cfg: TrainConfig, advice: Advice) -> TrainConfig:
     """``cfg`` with the advised strategy and layers; the advised learning rate, epochs and replay
     ratio fill in only what the user left unset."""
-    return cfg.model_copy(update={
-        "strategy": advice.strategy, "layers": advice.layers,
-        "lr": cfg.lr if cfg.lr is not None else advice.lr,
-        "epochs": cfg.epochs if cfg.epochs is not None else advice.epochs,
-        "replay_ratio": cfg.replay_ratio if cfg.replay_ratio is not None or cfg.replay is None
+    transfer = cfg.transfer
+    return cfg.with_values({
+        "strategy.name": advice.strategy, "strategy.layers": advice.layers,
+        "optim.lr": cfg.optim.lr if cfg.optim.lr is not None else advice.lr,
+        "schedule.epochs": cfg.schedule.epochs if cfg.schedule.epochs is not None else advice.epochs,
+        "transfer.replay_ratio": transfer.replay_ratio if transfer.replay_ratio is not None or transfer.replay is None
         else advice.replay_ratio,
     })
 
@@ -307,19 +315,30 @@ def advise(task: str, model: str, data: str | Path, *, reference: str | Path | N
            seed: int = 0, prompt_template: str | None = None, trust_remote_code: bool = False,
            data_format: str | None = None, max_audio_seconds: float | None = DEFAULT_MAX_AUDIO_SECONDS) -> Any:
     """Measure ``data``'s shift for ``model`` and recommend a strategy (no training)."""
+    from modaltune.config import config_model
+
+    values: dict[str, Any] = {
+        "task": task, "model": {"name": str(model), "trust_remote_code": trust_remote_code},
+        "data": {"train": str(data), "format": data_format, "max_audio_seconds": max_audio_seconds},
+        "optim": {"batch_size": batch_size}, "runtime": {"seed": seed}, "strategy": {"name": "auto"}}
+    if prompt_template:
+        values["prompt_template"] = prompt_template
+    return advise_config(config_model().model_validate(values), reference=reference)
+
+
+def advise_config(cfg: TrainConfig, *, reference: str | Path | None = None) -> Any:
+    """`advise` for a whole config (``modaltune advise``: the same options as ``train``; its data,
+    model, batch size, seed and task options are the ones that count)."""
     from modaltune.forgetting import load_old_task
 
-    cfg = TrainConfig(task=task, model=str(model), data=str(data), batch_size=batch_size, seed=seed,
-                      strategy="auto", trust_remote_code=trust_remote_code, data_format=data_format,
-                      max_audio_seconds=max_audio_seconds,
-                      **cast(dict[str, Any], {"prompt_template": prompt_template} if prompt_template else {}))
-    task_cls = task_class(task)
+    task_cls = task_class(cfg.task)
     splits = load_splits(cfg, task_cls)
     instance = _task_for(cfg, splits)
-    loaded = instance.load(model, trust_remote_code=trust_remote_code)
+    loaded = instance.load(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code,
+                           options=cfg.model_options())
     ref = None
     if reference is not None:
-        ref = load_old_task(reference, task_cls, purpose="eval", prompt_template=cfg.prompt_template)
+        ref = load_old_task(reference, task_cls, purpose="eval", prompt_template=cfg.task_option("prompt_template"))
     return advise_for(cfg, instance, loaded, splits, reference=ref)
 
 
@@ -331,13 +350,13 @@ def advise_for(cfg: TrainConfig, task: Task, loaded: Loaded, splits: Splits, *, 
     loaded.model.to(device())
     # Measured on every labelled example the model will see (train and validation alike).
     rows = splits.train + splits.val
-    shift = measure_shift(task, loaded, rows, batch_size=cfg.eval_batch_size, seed=cfg.seed,
+    shift = measure_shift(task, loaded, rows, batch_size=cfg.runtime.eval_batch_size, seed=cfg.runtime.seed,
                           reference=reference.rows if reference else None,
                           reference_task=reference.task if reference else None)
     depth = min(len(b) for b in task.blocks(loaded).values())
     params = sum(p.numel() for p in loaded.model.parameters())
     return advise(data_facts(splits.train, task.uses_labels), ModelFacts(params, depth), shift,
-                  batch_size=cfg.batch_size)
+                  batch_size=cfg.optim.batch_size)
 
 
 def _wise_ft(cfg: TrainConfig, task: Task, loaded: Loaded, val: list[Row], anchor: Any,
@@ -345,21 +364,21 @@ def _wise_ft(cfg: TrainConfig, task: Task, loaded: Loaded, val: list[Row], ancho
     from modaltune.forgetting import score_old_task, wise_ft
     from modaltune.inference import evaluate_rows
 
-    if cfg.wise_ft == "auto" and not val:
+    if cfg.transfer.wise_ft == "auto" and not val:
         raise ConfigError("--wise-ft auto picks alpha on validation data, and this run has none")
 
     def target_score() -> float:
-        return float(evaluate_rows(task, loaded, val, batch_size=cfg.eval_batch_size)[task.primary_metric])
+        return float(evaluate_rows(task, loaded, val, batch_size=cfg.runtime.eval_batch_size)[task.primary_metric])
 
     def old_drop() -> float | None:
         if old_task is None or old_before is None:
             return None
-        after = score_old_task(old_task, loaded, batch_size=cfg.eval_batch_size)
+        after = score_old_task(old_task, loaded, batch_size=cfg.runtime.eval_batch_size)
         return float(old_before[old_task.metric]) - float(after[old_task.metric])
 
-    assert cfg.wise_ft is not None, "called only when --wise-ft is set"
-    return wise_ft(loaded.model, anchor, alpha=cfg.wise_ft, target_score=target_score, old_drop=old_drop,
-                   max_forgetting=cfg.max_forgetting, rows=len(val), metric=task.primary_metric)
+    assert cfg.transfer.wise_ft is not None, "called only when --wise-ft is set"
+    return wise_ft(loaded.model, anchor, alpha=cfg.transfer.wise_ft, target_score=target_score, old_drop=old_drop,
+                   max_forgetting=cfg.transfer.max_forgetting, rows=len(val), metric=task.primary_metric)
 
 
 def _check_output(run: RunDir, cfg: TrainConfig, resume: bool) -> None:
@@ -368,9 +387,10 @@ def _check_output(run: RunDir, cfg: TrainConfig, resume: bool) -> None:
             raise ConfigError(f"--resume: {run.root} is not a run directory (no config.yaml)")
         from modaltune.config import build_config
 
-        saved = build_config(run.config)
-        ignore = {"workers", "eval_batch_size"}  # do not change the result
-        changed = [k for k in cfg.model_fields if k not in ignore and getattr(saved, k) != getattr(cfg, k)]
+        saved = build_config(run.config).resolved().flat()
+        ignore = {"data.workers", "runtime.eval_batch_size"}  # do not change the result
+        current = cfg.resolved().flat()
+        changed = [k for k, v in current.items() if k not in ignore and saved.get(k) != v]
         if changed:
             raise ConfigError(
                 f"--resume: the config differs from {run.config} in {', '.join(changed)}; "

@@ -113,17 +113,19 @@ def compare(base: TrainConfig, strategies: Sequence[str], *, layers: Sequence[in
         raise ConfigError(f"{output} already holds a comparison; choose another --output")
     rows: list[dict[str, Any]] = []
     for variant in todo:
-        update: dict[str, Any] = {"strategy": variant.strategy, "layers": variant.layers,
-                                  "output": str(output / variant.name)}
+        update: dict[str, Any] = {"strategy.name": variant.strategy, "strategy.layers": variant.layers,
+                                  "runtime.output": str(output / variant.name)}
+        if variant.strategy != "towers":
+            update["strategy.towers"] = None  # the base's tower settings belong to strategy towers only
         notes = []
         if variant.strategy in ("zero-shot", "scratch"):
             # Weight-space methods pull towards pretrained weights these strategies do not train from.
-            dropped = [k for k in ("wise_ft", "l2sp", "max_forgetting") if getattr(base, k) is not None]
-            if variant.strategy == "zero-shot" and base.replay is not None:
+            dropped = [k for k in ("wise_ft", "l2sp", "max_forgetting") if getattr(base.transfer, k) is not None]
+            if variant.strategy == "zero-shot" and base.transfer.replay is not None:
                 dropped.append("replay")
-            update.update({k: None for k in dropped})
+            update.update({f"transfer.{k}": None for k in dropped})
             notes = [f"{k} does not apply to {variant.strategy}" for k in dropped]
-        cfg = TrainConfig(**{**base.model_dump(), **update})  # re-validated as a whole
+        cfg = base.with_values(update)  # re-validated as a whole
         memory = PeakMemory()
         tick = time.perf_counter()
         with memory.measure():

@@ -25,6 +25,8 @@ from modaltune.data.rows import Row
 from modaltune.errors import ConfigError, ModaltuneError
 
 if TYPE_CHECKING:
+    from pydantic import BaseModel
+
     from modaltune.feature_cache import CacheSplit
 
 META_FILE = "modaltune.json"
@@ -89,6 +91,9 @@ class Task(ABC):
     primary_metric: ClassVar[str]
     #: Whether rows carry class labels (enables label checks, balancing, stratified splits).
     uses_labels: ClassVar[bool] = False
+    #: The task's own settings (a pydantic model): the config section named after the task and its
+    #: command-line options (``--<task>.<field>``); its fields reach the constructor as keyword arguments.
+    Options: ClassVar[type[BaseModel] | None] = None
     #: The ``outputs`` entry holding one embedding per example (domain-shift measurement).
     feature_output: ClassVar[str]
     #: User-facing names of row fields, for messages and reason codes (``{"text": "caption"}``).

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from modaltune.config.task_options import GenerationOptions
 from modaltune.data.rows import Row
 from modaltune.errors import ConfigError
 from modaltune.tasks import vl
@@ -29,6 +30,7 @@ class CaptionTask(vl.StackedBlocksTask):
     feature_output = "image_embeds"
     auto_classes = ("AutoModelForImageTextToText",)
     default_max_new_tokens = DEFAULT_MAX_NEW_TOKENS
+    Options = GenerationOptions
 
     def __init__(self, num_beams: int | None = None, max_new_tokens: int | None = None, **options: Any) -> None:
         vl.check_generation(num_beams, max_new_tokens)

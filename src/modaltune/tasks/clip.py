@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from modaltune.config.task_options import ClassifyOptions
 from modaltune.data.rows import Row
 from modaltune.errors import ConfigError, ModaltuneError
 from modaltune.models import adapter_for
@@ -161,6 +162,7 @@ class ClassifyTask(DualEncoderTask):
     primary_metric = "accuracy"
     uses_labels = True
     scopes = ("vision_model.", "visual_projection.")
+    Options = ClassifyOptions
 
     def __init__(
         self,

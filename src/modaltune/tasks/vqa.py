@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from modaltune.config.task_options import GenerationOptions
 from modaltune.data.rows import Row
 from modaltune.errors import ConfigError
 from modaltune.tasks import vl
@@ -57,6 +58,7 @@ class VqaTask(vl.StackedBlocksTask):
     feature_output = "image_embeds"
     auto_classes = ("AutoModelForVisualQuestionAnswering", "AutoModelForImageTextToText")
     default_max_new_tokens = 10
+    Options = GenerationOptions
 
     def __init__(self, train_answers: list[str] | None = None, num_beams: int | None = None,
                  max_new_tokens: int | None = None, **options: Any) -> None:

@@ -71,11 +71,11 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
         if param.requires_grad:
             # Weight decay on biases, norms and scalars (logit scale) only hurts: decay matrices alone.
             (decay if param.ndim >= 2 else no_decay).append(param)
-    groups: list[dict[str, Any]] = [{"params": decay, "weight_decay": cfg.weight_decay},
+    groups: list[dict[str, Any]] = [{"params": decay, "weight_decay": cfg.optim.weight_decay},
                                     {"params": no_decay, "weight_decay": 0.0}]
     groups = [g for g in groups if g["params"]]
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.learning_rate, momentum=cfg.momentum)
+    if cfg.optim.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.learning_rate, momentum=cfg.optim.momentum)
     # The fused kernel (one pass per parameter group, CPU and CUDA) instead of ~10 elementwise ops
     # per tensor; it is what HF Trainer uses by default.
     params = [p for g in groups for p in g["params"]]
@@ -86,8 +86,8 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int) -> Any:
     from transformers import get_scheduler
 
-    name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[cfg.schedule]
-    return get_scheduler(name, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total_steps),
+    name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[cfg.schedule.name]
+    return get_scheduler(name, optimizer, num_warmup_steps=int(cfg.schedule.warmup_ratio * total_steps),
                          num_training_steps=total_steps)
 
 
@@ -106,30 +106,31 @@ def fit(
     callbacks: Sequence[Callback] = (),
 ) -> FitResult:
     """Train ``loaded.model`` in place; ``replay`` mixes old-task rows into every micro-batch at
-    ``cfg.replay_share``, ``anchor`` (the starting weights) enables the ``cfg.l2sp`` penalty.
+    ``cfg.replay_share``, ``anchor`` (the starting weights) enables the ``cfg.transfer.l2sp`` penalty.
     ``callbacks`` run after the default ones (SIGTERM, early stopping, ``progress``)."""
     started = time.perf_counter()
-    accelerator = make_accelerator(cfg.precision)
+    accelerator = make_accelerator(cfg.optim.precision)
     model = loaded.model.to(accelerator.device)
     model.train()
     _speed_options(cfg, task, loaded)
 
     # ---- the plan: data order is a function of (seed, epoch) only -------------------------------
-    target_batch, old_batch = cfg.batch_size, 0
+    target_batch, old_batch = cfg.optim.batch_size, 0
     old_loaded = None
     if replay is not None:
-        target_batch, old_batch = replay_split(cfg.batch_size, cfg.replay_share)
+        target_batch, old_batch = replay_split(cfg.optim.batch_size, cfg.replay_share)
         old_loaded = replay.task.attach(loaded)
-    l2sp = anchor.to(accelerator.device) if anchor is not None and cfg.l2sp else None
-    per_epoch = steps_per_epoch(len(train_rows), target_batch, cfg.grad_accum)
+    l2sp = anchor.to(accelerator.device) if anchor is not None and cfg.transfer.l2sp else None
+    per_epoch = steps_per_epoch(len(train_rows), target_batch, cfg.optim.grad_accum)
     total_steps = per_epoch * cfg.num_epochs
-    if cfg.max_steps is not None:
-        total_steps = min(total_steps, cfg.max_steps)
+    if cfg.schedule.max_steps is not None:
+        total_steps = min(total_steps, cfg.schedule.max_steps)
     weights = None
-    if cfg.balance == "oversample":
+    if cfg.data.balance == "oversample":
         weights = oversample_weights([row.label for row in train_rows])
     cached = _feature_cache(cfg, task, loaded, train_rows, val_rows, replay, accelerator.device)
-    target_data = cached.train if cached else MediaDataset(train_rows, augment=cfg.augment, seed=cfg.seed,
+    target_data = cached.train if cached else MediaDataset(train_rows, augment=cfg.data.augment,
+                                                         seed=cfg.runtime.seed,
                                                          media_options=loaded.media_options)
     dataset = MixedDataset(target_data, MediaDataset(replay.rows, media_options=loaded.media_options) if replay is not None else None)
     target_collate = cached.split.collate if cached else (lambda items: task.collate(loaded, items))
@@ -146,8 +147,8 @@ def fit(
     terms: list[LossTerm] = []
     if replay is not None and old_loaded is not None:  # old_loaded is set whenever replay is
         terms.append(ReplayTerm(replay.task, old_loaded))
-    if l2sp is not None and cfg.l2sp:  # l2sp is set only when cfg.l2sp is
-        terms.append(L2SPTerm(l2sp, model, cfg.l2sp))
+    if l2sp is not None and cfg.transfer.l2sp:  # l2sp is set only when cfg.transfer.l2sp is
+        terms.append(L2SPTerm(l2sp, model, cfg.transfer.l2sp))
 
     def micro_batch_loss(batch: dict[str, dict[str, torch.Tensor]]) -> tuple[torch.Tensor, dict[str, float]]:
         """The total to minimise and every part of it (the task's named parts, then each term)."""
@@ -175,11 +176,11 @@ def fit(
         state = ckpt.load_checkpoint(found, model=model, optimizer=optimizer, scheduler=scheduler)
         run.truncate_history(state.history_lines)
     else:
-        torch.manual_seed(cfg.seed)  # dropout and any other in-loop randomness
+        torch.manual_seed(cfg.runtime.seed)  # dropout and any other in-loop randomness
 
-    eval_every = cfg.eval_every or per_epoch
-    save_every = cfg.save_every or per_epoch
-    hooks = [*default_callbacks(cfg.early_stopping, progress), *callbacks]
+    eval_every = cfg.schedule.eval_every or per_epoch
+    save_every = cfg.schedule.save_every or per_epoch
+    hooks = [*default_callbacks(cfg.schedule.early_stopping, progress), *callbacks]
     event = Event(state, total_steps)
 
     def log(entry: dict[str, Any]) -> None:
@@ -189,7 +190,7 @@ def fit(
     def checkpoint() -> None:
         ckpt.save_checkpoint(run.checkpoints, model=model, optimizer=optimizer, scheduler=scheduler, state=state)
         protect = {state.best_step} if state.best_step is not None else set()
-        ckpt.prune(run.checkpoints, keep_last=cfg.keep_last, protect=protect)
+        ckpt.prune(run.checkpoints, keep_last=cfg.runtime.keep_last, protect=protect)
 
     def evaluate() -> None:
         """Evaluate on validation data, track the best, and let the callbacks see the metrics."""
@@ -199,11 +200,12 @@ def fit(
             model.eval()
             with accelerator.autocast():
                 outputs = cached_outputs(cached.split, val_rows, cached.val, device=accelerator.device,
-                                         batch_size=cfg.eval_batch_size)
+                                         batch_size=cfg.runtime.eval_batch_size)
             model.train()
             metrics = task.evaluate(loaded, outputs, list(val_rows))
         else:
-            metrics = evaluate_rows(task, loaded, val_rows, batch_size=cfg.eval_batch_size, workers=cfg.num_workers,
+            metrics = evaluate_rows(task, loaded, val_rows, batch_size=cfg.runtime.eval_batch_size,
+                                    workers=cfg.num_workers,
                                     autocast=accelerator.autocast)
         score = float(metrics[task.primary_metric])
         log({"kind": "eval", "step": state.step, "epoch": state.epoch,
@@ -219,7 +221,8 @@ def fit(
     def run_steps() -> None:
         """Optimizer steps until the plan is done, a callback stops it, or the process must exit."""
         while state.step < total_steps and not event.stop:
-            groups = plan_epoch(len(train_rows), target_batch, cfg.grad_accum, seed=cfg.seed, epoch=state.epoch,
+            groups = plan_epoch(len(train_rows), target_batch, cfg.optim.grad_accum, seed=cfg.runtime.seed,
+                                epoch=state.epoch,
                                 weights=weights, replay=(len(replay.rows), old_batch) if replay else None)
             pending = groups[state.group_in_epoch:]
             batches = loader(dataset, [b for g in pending for b in g], collate, workers=cfg.num_workers)
@@ -241,9 +244,9 @@ def fit(
                     for hook in hooks:
                         hook.on_micro_batch_end(event)
                 grad_norm = None
-                if finite and cfg.max_grad_norm is not None:
+                if finite and cfg.optim.max_grad_norm is not None:
                     grad_norm = float(accelerator.clip_grad_norm_(
-                        [p for p in model.parameters() if p.requires_grad], cfg.max_grad_norm))
+                        [p for p in model.parameters() if p.requires_grad], cfg.optim.max_grad_norm))
                     finite = math.isfinite(grad_norm)
                 if finite:
                     optimizer.step()
@@ -306,21 +309,22 @@ class _Cached:
 def _feature_cache(cfg: TrainConfig, task: Task, loaded: Loaded, train_rows: Sequence[Row],
                    val_rows: Sequence[Row], replay: OldTask | None, device: torch.device) -> _Cached | None:
     """Boundary tensors for train and validation rows when the frozen part sees fixed inputs."""
-    if not cfg.feature_cache or cfg.augment or replay is not None:
+    if not cfg.runtime.feature_cache or cfg.data.augment or replay is not None:
         return None
-    split = task.cache_split(loaded, cfg.strategy, cfg.layers)
+    split = task.cache_split(loaded, cfg.strategy.name, cfg.strategy.layers)
     if split is None:
         return None
     from modaltune.feature_cache import FeatureDataset, default_cache_dir, get_features
 
-    root = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
+    root = Path(cfg.runtime.cache_dir) if cfg.runtime.cache_dir else default_cache_dir()
     tick = time.perf_counter()
     model = loaded.model
     model.eval()
     try:
         def features(rows: Sequence[Row]) -> tuple[Any, bool]:  # compute_features runs under no_grad
             return get_features(split, lambda items: task.collate(loaded, items), rows, root=root,
-                                media_options=loaded.media_options, device=device, batch_size=cfg.eval_batch_size, workers=cfg.num_workers)
+                                media_options=loaded.media_options, device=device,
+                                batch_size=cfg.runtime.eval_batch_size, workers=cfg.num_workers)
 
         train, train_hit = features(train_rows)
         val, val_hit = features(val_rows) if val_rows else (None, True)
@@ -333,14 +337,14 @@ def _feature_cache(cfg: TrainConfig, task: Task, loaded: Loaded, train_rows: Seq
 
 def _speed_options(cfg: TrainConfig, task: Task, loaded: Loaded) -> None:
     """--grad-checkpointing and --compile, applied through the model's own API and the task's blocks."""
-    if cfg.grad_checkpointing:
+    if cfg.runtime.grad_checkpointing:
         backbone = loaded.model.backbone
         enable = getattr(backbone, "gradient_checkpointing_enable", None)
         if enable is None:
             raise ModaltuneError(f"--grad-checkpointing: {type(backbone).__name__} does not support it")
         # Non-reentrant: correct when the block inputs do not require grad (frozen embeddings).
         enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if cfg.compile:
+    if cfg.runtime.compile:
         # Per block rather than the whole model: every task calls the model through its own methods,
         # and blocks are where the compute is; identical blocks share one compiled graph.
         for blocks in task.blocks(loaded).values():
@@ -373,14 +377,14 @@ def _flush_denormals(device: torch.device) -> Iterator[None]:
 
 def _bad_step(cfg: TrainConfig, state: ckpt.TrainerState) -> None:
     where = f"step {state.step + 1} (epoch {state.epoch + 1})"
-    if cfg.nan_policy == "raise":
+    if cfg.runtime.nan_policy == "raise":
         raise ModaltuneError(
             f"loss or gradient became NaN/inf at {where}. Lower --lr, use --precision fp32, check the data, "
             "or pass --nan-policy skip to skip such steps"
         )
     state.bad_steps_in_a_row += 1
     state.skipped_steps += 1
-    if state.bad_steps_in_a_row >= cfg.max_bad_steps:
+    if state.bad_steps_in_a_row >= cfg.runtime.max_bad_steps:
         raise ModaltuneError(
             f"{state.bad_steps_in_a_row} optimizer steps in a row had a NaN/inf loss (last at {where}); "
             "training is diverging: lower --lr or check the data"

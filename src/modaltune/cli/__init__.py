@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from modaltune.cli.options import DOTTED, DOTTED_HELP, config_options, tasks_help
 from modaltune.errors import ModaltuneError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -38,10 +39,6 @@ def _int_list(value: Optional[str], option: str) -> Optional[list[int]]:
                                  param_hint=option) from None
 
 
-_DATA_FORMAT_HELP = "read --data as this layout instead of sniffing it: vqa | coco-captions | csv | jsonl | folder"
-_MAX_AUDIO_HELP = "audio clips longer than this many seconds are bad rows (audio_too_long); default 60"
-
-
 def _limits(data_format: Optional[str], max_audio_seconds: Optional[float]) -> dict[str, Any]:
     """The data-reading options given on the command line (those not given keep the API's defaults)."""
     if max_audio_seconds is not None and max_audio_seconds <= 0:
@@ -53,19 +50,41 @@ def _limits(data_format: Optional[str], max_audio_seconds: Optional[float]) -> d
     return options
 
 
+def _required(flags: dict[str, Any], dotted: dict[str, str], config: Optional[Path], *names: str) -> None:
+    """Without --config, the options a run cannot do without must be given (as flags or dotted)."""
+    from modaltune.config.train import flat_paths
+
+    paths = flat_paths()
+    for name in names:
+        if flags.get(name) is None and config is None and paths.get(name, name) not in dotted:
+            raise typer.BadParameter(f"--{name} is required (or give --config)", param_hint=f"--{name}")
+
+
+def _config(config: Optional[Path], args: list[str], flags: dict[str, Any], required: tuple[str, ...]) -> Any:
+    """The run config of a command: --config, then the classic flags, then --section.key overrides."""
+    from modaltune.config import build_config, overrides_from_args
+
+    dotted = overrides_from_args(args)
+    _required(flags, dotted, config, *required)
+    return build_config(config, dotted=dotted, **flags)
+
+
+_CONFIG_HELP = "YAML config, nested (model:, data:, optim: …) or flat as older runs wrote it; flags override it"
+
+
 @app.command()
+@config_options(only=("data_format", "max_audio_seconds"))
 def validate(
-    task: str = typer.Option(..., help="classify | retrieve"),
+    task: str = typer.Option(..., help=f"the task that reads the data: {tasks_help()}"),
     data: Path = typer.Option(
         ..., help="image or audio folder, CSV or JSONL manifest, COCO captions or VQA json"),
-    data_format: Optional[str] = typer.Option(None, help=_DATA_FORMAT_HELP),
-    max_audio_seconds: Optional[float] = typer.Option(None, help=_MAX_AUDIO_HELP),
     json_out: bool = typer.Option(False, "--json", help="print the report as JSON"),
+    **flags: Any,
 ) -> None:
     """Check every row of a dataset and print the data report (no model, no training)."""
     from modaltune.api import validate as run_validate
 
-    reports = run_validate(task, data, **_limits(data_format, max_audio_seconds))
+    reports = run_validate(task, data, **_limits(flags["data_format"], flags["max_audio_seconds"]))
     if json_out:
         print(json.dumps(reports, indent=2))
         return
@@ -91,89 +110,26 @@ def validate(
         raise typer.Exit(2)
 
 
-@app.command()
+@app.command(context_settings=DOTTED, epilog=DOTTED_HELP)
+@config_options()
 def train(
-    task: Optional[str] = typer.Option(None, help="classify | retrieve | vqa | caption"),
-    model: Optional[str] = typer.Option(None, help="hub name or local directory of the base model"),
-    data: Optional[str] = typer.Option(None, help="training data (folder with train/ val/, CSV, JSONL)"),
-    val: Optional[str] = typer.Option(None, help="validation data (default: the data's val/ or a seeded split)"),
-    strategy: Optional[str] = typer.Option(
-        None, help="auto | zero-shot | linear-probe | last-n | full | lora | scratch | towers"),
-    layers: Optional[int] = typer.Option(None, help="last-n: how many of the last blocks per encoder train"),
-    towers: Optional[str] = typer.Option(
-        None, help="towers: each component on its own, e.g. 'vision=last-n:2,text=frozen,projections=full' "
-        "(modes frozen | full | last-n:N | lora; components: the model's towers, projections, head)"),
-    model_dtype: Optional[str] = typer.Option(
-        None, help="dtype the base model's weights load in: fp32 | bf16 | fp16 | auto (the checkpoint's)"),
-    device_map: Optional[str] = typer.Option(None, help="where the weights go, e.g. auto (needs accelerate), cpu"),
-    attn_implementation: Optional[str] = typer.Option(None, help="attention kernel: eager | sdpa | flash_attention_2"),
-    epochs: Optional[int] = typer.Option(None),
-    max_steps: Optional[int] = typer.Option(None, help="stop after this many optimizer steps"),
-    batch_size: Optional[int] = typer.Option(None),
-    grad_accum: Optional[int] = typer.Option(None, help="micro-batches per optimizer step"),
-    lr: Optional[float] = typer.Option(None, help="learning rate (default depends on the strategy)"),
-    optimizer: Optional[str] = typer.Option(None, help="adamw | sgd"),
-    weight_decay: Optional[float] = typer.Option(None),
-    schedule: Optional[str] = typer.Option(None, help="cosine | linear | constant (all with warmup)"),
-    warmup_ratio: Optional[float] = typer.Option(None),
-    precision: Optional[str] = typer.Option(None, help="fp32 | bf16"),
-    grad_checkpointing: Optional[bool] = typer.Option(
-        None, "--grad-checkpointing/--no-grad-checkpointing", help="trade compute for activation memory"),
-    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the blocks"),
-    seed: Optional[int] = typer.Option(None),
-    balance: Optional[str] = typer.Option(None, help="none | oversample | class-weights"),
-    augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="random resized crop + flip"),
-    early_stopping: Optional[int] = typer.Option(None, help="patience in evaluations"),
-    eval_every: Optional[int] = typer.Option(None, help="evaluate every N steps (default: each epoch)"),
-    save_every: Optional[int] = typer.Option(None, help="checkpoint every N steps (default: each epoch)"),
-    keep_last: Optional[int] = typer.Option(None, help="checkpoints to keep (the best is always kept)"),
-    nan_policy: Optional[str] = typer.Option(None, help="raise | skip"),
-    max_bad_steps: Optional[int] = typer.Option(None, help="skip policy: abort after this many in a row"),
-    skip_bad: Optional[bool] = typer.Option(
-        None, "--skip-bad/--no-skip-bad", help="skip bad rows (listed in data_report.json)"),
-    data_format: Optional[str] = typer.Option(None, help=_DATA_FORMAT_HELP + " (--val too)"),
-    max_audio_seconds: Optional[float] = typer.Option(None, help=_MAX_AUDIO_HELP),
-    prompt_template: Optional[str] = typer.Option(None, help="classify: class prompt, e.g. 'a photo of a {}.'"),
-    lora_rank: Optional[int] = typer.Option(None),
-    workers: Optional[int] = typer.Option(None, help="DataLoader worker processes"),
-    feature_cache: Optional[bool] = typer.Option(
-        None, "--cache/--no-cache", help="cache frozen-layer outputs (linear-probe, last-n without augment)"),
-    cache_dir: Optional[str] = typer.Option(None, help="feature cache folder (default: the user cache)"),
-    trust_remote_code: Optional[bool] = typer.Option(None, "--trust-remote-code", help="allow model code from the hub"),
-    num_beams: Optional[int] = typer.Option(None, help="caption / generative vqa: beam size (default 1)"),
-    max_new_tokens: Optional[int] = typer.Option(
-        None, help="caption / generative vqa: longest output (default 30 / 10 tokens)"),
-    old_task: Optional[str] = typer.Option(
-        None, help="data of the base model's original task: scored before/after (forgetting)"),
-    old_task_type: Optional[str] = typer.Option(None, help="task of the old data (default: from its columns)"),
-    replay: Optional[str] = typer.Option(None, help="old-task data mixed into every batch (rehearsal)"),
-    replay_ratio: Optional[float] = typer.Option(
-        None, help="share of each batch from --replay, on top of the --batch-size target rows "
-        "(default 0.5; with --strategy auto, the advisor's)"),
-    wise_ft: Optional[str] = typer.Option(None, help="WiSE-FT: alpha in [0,1] (0 = base, 1 = fine-tuned) or 'auto'"),
-    max_forgetting: Optional[float] = typer.Option(None, help="wise-ft auto: largest old-task drop allowed"),
-    l2sp: Optional[float] = typer.Option(None, help="L2-SP strength: pull towards the pretrained weights"),
-    output: Optional[str] = typer.Option(None, help="run directory"),
-    config: Optional[Path] = typer.Option(None, help="YAML config (flags override it)"),
+    ctx: typer.Context,
+    config: Optional[Path] = typer.Option(None, help=_CONFIG_HELP),
     resume: bool = typer.Option(False, "--resume", help="continue the run in --output from its last checkpoint"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
+    **flags: Any,
 ) -> None:
     """Adapt a model to your data with a strategy and write a run directory."""
     from modaltune.api import train as run_train
-    from modaltune.config import build_config
     from modaltune.progress import TrainingProgress
 
-    flags = {k: v for k, v in locals().items() if k not in ("config", "resume", "quiet", "run_train",
-                                                           "build_config", "TrainingProgress")}
+    output = flags.get("output")
     if resume and config is None and output and (Path(output) / "config.yaml").is_file():
         config = Path(output) / "config.yaml"
-    for required in ("task", "model", "data"):
-        if flags[required] is None and config is None:
-            raise typer.BadParameter(f"--{required} is required (or give --config)", param_hint=f"--{required}")
-    cfg = build_config(config, **flags)
-    progress = None if quiet else TrainingProgress(f"{cfg.task}/{cfg.strategy}", console)
+    cfg = _config(config, ctx.args, flags, ("task", "model", "data"))
+    progress = None if quiet else TrainingProgress(f"{cfg.task}/{cfg.strategy.name}", console)
     metrics = run_train(cfg, resume=resume, progress=progress)
-    _print_metrics(metrics, cfg.output)
+    _print_metrics(metrics, cfg.runtime.output)
     _print_transfer(metrics)
 
 
@@ -194,27 +150,26 @@ def _print_transfer(metrics: dict) -> None:
                         f"drop {drop}")
 
 
-@app.command()
+@app.command(context_settings=DOTTED, epilog=DOTTED_HELP)
+@config_options(only=("task", "model", "data", "model_dtype", "device_map", "attn_implementation",
+                      "trust_remote_code", "data_format", "val_fraction", "skip_bad", "max_audio_seconds", "batch_size",
+                      "seed", "eval_batch_size", "prompt_template"))
 def advise(
-    task: str = typer.Option(..., help="classify | retrieve"),
-    model: str = typer.Option(..., help="hub name or local directory of the base model"),
-    data: str = typer.Option(..., help="training data"),
+    ctx: typer.Context,
     reference: Optional[str] = typer.Option(
         None, help="data the base model knows (its original task): adds a Fréchet distance"),
-    batch_size: int = typer.Option(16, help="the batch size you will train with (for the epoch count)"),
-    prompt_template: Optional[str] = typer.Option(None, help="classify: class prompt, e.g. 'a photo of a {}.'"),
-    seed: int = typer.Option(0),
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code"),
-    data_format: Optional[str] = typer.Option(None, help=_DATA_FORMAT_HELP),
-    max_audio_seconds: Optional[float] = typer.Option(None, help=_MAX_AUDIO_HELP),
+    config: Optional[Path] = typer.Option(None, help=_CONFIG_HELP),
     json_out: bool = typer.Option(False, "--json", help="print the advice as JSON"),
+    **flags: Any,
 ) -> None:
-    """Measure the domain shift of your data for a base model and recommend a strategy, with reasons."""
-    from modaltune.api import advise as run_advise
+    """Measure the domain shift of your data for a base model and recommend a strategy, with reasons.
 
-    advice = run_advise(task, model, data, reference=reference, batch_size=batch_size, seed=seed,
-                        prompt_template=prompt_template, trust_remote_code=trust_remote_code,
-                        **_limits(data_format, max_audio_seconds))
+    --batch-size is the one you will train with (it sets the advised epoch count)."""
+    from modaltune.api import advise_config
+
+    cfg = _config(config, ctx.args, flags, ("task", "model", "data"))
+    advice = advise_config(cfg, reference=reference)
+    model, data = cfg.model.name, cfg.data.train
     if json_out:
         print(json.dumps(advice.to_dict(), indent=2))
         return
@@ -232,48 +187,29 @@ def advise(
         Console().print(f"  - {reason}")
 
 
-@app.command()
+@app.command(context_settings=DOTTED, epilog=DOTTED_HELP)
+@config_options(exclude=("strategy", "output"))
 def compare(
-    task: Optional[str] = typer.Option(None, help="classify | retrieve"),
-    model: Optional[str] = typer.Option(None, help="hub name or local directory of the base model"),
-    data: Optional[str] = typer.Option(None, help="training data"),
-    val: Optional[str] = typer.Option(None, help="validation data (default: the data's val/ or a seeded split)"),
+    ctx: typer.Context,
     strategies: str = typer.Option("zero-shot,linear-probe,last-n,full,lora,scratch", help="comma-separated"),
     layers: Optional[str] = typer.Option(None, help="last-n layer counts to sweep, e.g. 1,2,4"),
-    epochs: Optional[int] = typer.Option(None),
-    batch_size: Optional[int] = typer.Option(None),
-    lr: Optional[float] = typer.Option(None, help="one learning rate for all (default: each strategy's own)"),
-    seed: Optional[int] = typer.Option(None),
-    prompt_template: Optional[str] = typer.Option(None),
-    old_task: Optional[str] = typer.Option(None, help="old-task data: every strategy's forgetting is measured"),
-    old_task_type: Optional[str] = typer.Option(None),
-    replay: Optional[str] = typer.Option(None, help="rehearse this old-task data in every strategy"),
-    replay_ratio: Optional[float] = typer.Option(None, help="share of each batch from --replay (default 0.5)"),
-    wise_ft: Optional[str] = typer.Option(None),
-    max_forgetting: Optional[float] = typer.Option(None),
-    l2sp: Optional[float] = typer.Option(None),
-    data_format: Optional[str] = typer.Option(None, help=_DATA_FORMAT_HELP + " (--val too)"),
-    max_audio_seconds: Optional[float] = typer.Option(None, help=_MAX_AUDIO_HELP),
     config: Optional[Path] = typer.Option(None, help="YAML config for every other training setting"),
     output: Path = typer.Option(..., help="comparison directory (one run per strategy inside)"),
     quiet: bool = typer.Option(False, "--quiet"),
+    **flags: Any,
 ) -> None:
-    """Run several strategies on identical data, seed and budget; table, comparison.json and report."""
+    """Run several strategies on identical data, seed and budget; table, comparison.json and report.
+
+    Every training option applies to each strategy; the learning rate, unless given, is each strategy's own."""
     from modaltune.compare import compare as run_compare
-    from modaltune.config import build_config
     from modaltune.progress import TrainingProgress
 
     layer_list = _int_list(layers, "--layers")
     names = _split_list(strategies) or []
-    cfg = build_config(config, task=task, model=model, data=data, val=val, epochs=epochs, batch_size=batch_size,
-                       lr=lr, seed=seed, prompt_template=prompt_template, old_task=old_task,
-                       old_task_type=old_task_type, replay=replay, replay_ratio=replay_ratio, wise_ft=wise_ft,
-                       max_forgetting=max_forgetting, l2sp=l2sp, output=str(output), data_format=data_format,
-                       max_audio_seconds=max_audio_seconds,
-                       strategy="full")  # a placeholder every option combines with; each variant sets its own
+    cfg = _config(config, ctx.args, {**flags, "output": str(output)}, ("task", "model", "data"))
     factory = None if quiet else (lambda name: TrainingProgress(name, console))
     rows = run_compare(cfg, names, layers=layer_list, output=output, console=console, progress_factory=factory)
-    table = Table(title=f"compare: {cfg.task} on {cfg.data}")
+    table = Table(title=f"compare: {cfg.task} on {cfg.data.train}")
     for column in ("strategy", "trainable params", rows[0]["metric"] if rows else "target", "old task",
                    "forgetting", "seconds", "peak MB"):
         table.add_column(column, justify="left" if column == "strategy" else "right")
@@ -300,21 +236,21 @@ def _print_metrics(metrics: dict, output: str) -> None:
 
 
 @app.command("eval")
+@config_options(only=("data_format", "max_audio_seconds"))
 def evaluate(
     run_or_model: str = typer.Argument(..., help="run directory, its model/ folder, or a base model with --task"),
     data: Optional[str] = typer.Option(None, help="evaluation data (default: the run's validation data)"),
-    task: Optional[str] = typer.Option(None, help="task for a base model"),
+    task: Optional[str] = typer.Option(None, help=f"task for a base model: {tasks_help()}"),
     batch_size: int = typer.Option(64),
     skip_bad: bool = typer.Option(False, "--skip-bad"),
-    data_format: Optional[str] = typer.Option(None, help=_DATA_FORMAT_HELP),
-    max_audio_seconds: Optional[float] = typer.Option(None, help=_MAX_AUDIO_HELP),
     json_out: bool = typer.Option(False, "--json", help="print the metrics as JSON"),
+    **flags: Any,
 ) -> None:
     """Evaluate a trained run or model on data with the task's metrics."""
     from modaltune.api import evaluate as run_evaluate
 
     metrics = run_evaluate(run_or_model, data, task=task, batch_size=batch_size, skip_bad=skip_bad,
-                           **_limits(data_format, max_audio_seconds))
+                           **_limits(flags["data_format"], flags["max_audio_seconds"]))
     if json_out:
         print(json.dumps(metrics, indent=2))
     else:
@@ -322,21 +258,22 @@ def evaluate(
 
 
 @app.command()
+@config_options(only=("num_beams", "max_new_tokens"))
 def predict(
     run_or_model: str = typer.Argument(..., help="run directory, its model/ folder, or a base model with --task"),
     inputs: list[str] = typer.Argument(..., help="image files"),
-    task: Optional[str] = typer.Option(None, help="task for a base model"),
+    task: Optional[str] = typer.Option(None, help=f"task for a base model: {tasks_help()}"),
     labels: Optional[str] = typer.Option(None, help="classify a base model zero-shot over these labels: a,b,c"),
     texts: Optional[str] = typer.Option(None, help="retrieve: rank these candidate texts: a,b,c"),
     question: Optional[str] = typer.Option(None, help="vqa: the question asked about every image"),
-    num_beams: Optional[int] = typer.Option(None, help="caption / generative vqa: beam size"),
-    max_new_tokens: Optional[int] = typer.Option(None, help="caption / generative vqa: longest output"),
+    **flags: Any,
 ) -> None:
     """Predict for image files; one JSON object per line on stdout."""
     from modaltune.api import predict as run_predict
 
     for result in run_predict(run_or_model, inputs, task=task, labels=_split_list(labels), texts=_split_list(texts),
-                              question=question, num_beams=num_beams, max_new_tokens=max_new_tokens):
+                              question=question, num_beams=flags["num_beams"],
+                              max_new_tokens=flags["max_new_tokens"]):
         print(json.dumps(result))
 
 
@@ -352,7 +289,7 @@ def demo(
 
 
 #: The benchmarks are scripts of the source checkout (``benchmarks/``), not part of the installed package.
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+BENCHMARKS = Path(__file__).resolve().parents[3] / "benchmarks"
 
 
 def load_benchmark(name: str, command: str) -> Any:
