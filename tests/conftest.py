@@ -127,6 +127,39 @@ def tiny_git(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_git_caption(tmp_path_factory.mktemp("tiny-git"), texts=_vl_texts(), seed=0)
 
 
+# ---- audio–text family (CLAP) ---------------------------------------------------------------
+
+#: Sound classes of the audio fixtures (`modaltune.testing.synthetic_audio.SOUND_KINDS`).
+SOUND_CLASSES = ["chirp", "noise", "tone"]
+
+
+@pytest.fixture(scope="session")
+def tiny_clap(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Directory of a random tiny CLAP (2-stage HTSAT on 16 mel bins, 2-layer text tower, 1 s at 48 kHz)."""
+    from modaltune.testing.synthetic_audio import audio_caption_texts
+    from modaltune.testing.tiny_clap import build_clap
+
+    return build_clap(tmp_path_factory.mktemp("tiny-clap"), texts=audio_caption_texts() * 4, seed=0)
+
+
+@pytest.fixture(scope="session")
+def sound_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`root/{train,val}/{chirp,noise,tone}/*.{wav,flac}`: 4 train and 2 val 1 s clips per class, at
+    16/22.05/44.1/48 kHz, some stereo."""
+    from modaltune.testing.synthetic_audio import write_audio_classification_folder
+
+    return write_audio_classification_folder(tmp_path_factory.mktemp("sounds"), SOUND_CLASSES,
+                                             per_class={"train": 4, "val": 2}, seed=0, formats=("wav", "flac"))
+
+
+@pytest.fixture(scope="session")
+def sound_caption_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`clips.jsonl`: 12 audio–caption pairs (wav and flac clips under `clips/` beside it)."""
+    from modaltune.testing.synthetic_audio import write_audio_caption_corpus
+
+    return write_audio_caption_corpus(tmp_path_factory.mktemp("clip-captions"), 12, seed=0)
+
+
 @pytest.fixture()
 def run_cli(capsys: pytest.CaptureFixture[str]):
     """Run ``modaltune ARGS`` in-process; returns an object with returncode, stdout and stderr."""

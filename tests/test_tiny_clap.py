@@ -1,24 +1,18 @@
-"""The tiny CLAP (built offline, loaded back through from_pretrained) and its model adapter: what the
-audio–text family builds on."""
+"""The tiny CLAP (built offline, loaded back through from_pretrained; the ``tiny_clap`` fixture of
+conftest.py) and its model adapter: what the audio–text family builds on."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 
 from modaltune.models import adapter_for
-from modaltune.testing.synthetic_audio import SOUND_KINDS, sound
+from modaltune.testing.synthetic_audio import SOUND_KINDS, audio_caption_texts, sound
 from modaltune.testing.tiny_clap import SAMPLING_RATE, build_clap
 
-PROMPTS = [f"the sound of a {kind}" for kind in SOUND_KINDS]
-
-
-@pytest.fixture(scope="module")
-def tiny_clap(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_clap(tmp_path_factory.mktemp("clap"), texts=PROMPTS * 4, seed=0)
+PROMPTS = [f"the sound of {kind}" for kind in SOUND_KINDS]
 
 
 def _clips(n: int) -> list[np.ndarray]:
@@ -42,7 +36,7 @@ def test_tiny_clap_loads_like_a_hub_checkpoint_and_trains(tiny_clap: Path) -> No
 def test_the_same_seed_builds_the_same_model(tiny_clap: Path, tmp_path: Path) -> None:
     from transformers import AutoModel
 
-    again = AutoModel.from_pretrained(build_clap(tmp_path / "again", texts=PROMPTS * 4, seed=0))
+    again = AutoModel.from_pretrained(build_clap(tmp_path / "again", texts=audio_caption_texts() * 4, seed=0))
     first = AutoModel.from_pretrained(tiny_clap)
     assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), again.state_dict().values()))
 

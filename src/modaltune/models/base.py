@@ -53,6 +53,19 @@ class ModelAdapter:
         """Each tower's blocks, first to last."""
         return {name: blocks_at(model, tower.blocks) for name, tower in self.towers(model).items()}
 
+    def below_modules(self, model: nn.Module, tower: str) -> list[nn.Module]:
+        """The modules of ``tower`` below its first block (``below_blocks``), outermost ones only."""
+        spec = self.towers(model)[tower]
+        found: list[str] = []
+        for path, _ in model.named_modules():
+            if not path.startswith(spec.prefix + ".") or path.startswith(spec.blocks + "."):
+                continue
+            if any(path.startswith(f + ".") for f in found):
+                continue
+            if any(part in path.rsplit(".", 1)[-1] for part in self.below_blocks):
+                found.append(path)
+        return [model.get_submodule(path) for path in found]
+
     def tower_of(self, model: nn.Module, parameter: str) -> str | None:
         """The tower a parameter name (relative to the model) belongs to: the deepest prefix wins."""
         best: Tower | None = None
@@ -103,6 +116,19 @@ def register_adapter(cls: type[ModelAdapter]) -> type[ModelAdapter]:
 def registered_model_types() -> list[str]:
     _builtin()
     return sorted(_ADAPTERS)
+
+
+def adapter_for_type(model_type: str) -> ModelAdapter | None:
+    """The adapter registered for ``model_type`` (a config's ``model_type``), if any: what a loader
+    asks before the model exists."""
+    _builtin()
+    return _ADAPTERS.get(model_type)
+
+
+def registered_adapters() -> list[ModelAdapter]:
+    """Every registered adapter, once each."""
+    _builtin()
+    return list({id(a): a for a in _ADAPTERS.values()}.values())
 
 
 def adapter_for(model: nn.Module) -> ModelAdapter:

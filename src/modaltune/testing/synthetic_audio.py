@@ -236,3 +236,46 @@ def write_audio_classification_folder(
                     clip = np.clip(clip + rng.normal(0.0, noise_floor, clip.shape), -1.0, 1.0).astype(np.float32)
                 write_audio(folder / f"{i:04d}.{ext}", clip, rate)
     return root
+
+
+def describe(kind: str, rng: np.random.Generator) -> str:
+    """A short caption naming ``kind`` (its adjective is drawn from ``rng``, not measured on the clip):
+    one of `audio_caption_texts`."""
+    speed = ("slow", "fast")[int(rng.integers(0, 2))]
+    pitch = ("low", "high")[int(rng.integers(0, 2))]
+    if kind == "tone":
+        return f"a steady {pitch} tone"
+    if kind == "chirp":
+        return f"a {('rising', 'falling')[int(rng.integers(0, 2))]} chirp"
+    if kind == "noise":
+        return f"{('a few', 'several')[int(rng.integers(0, 2))]} bursts of noise"
+    return f"a {speed} rhythm of clicks"
+
+
+def audio_caption_texts() -> list[str]:
+    """Every caption `describe` can write (a tiny model's tokenizer is trained on them)."""
+    return ([f"a steady {p} tone" for p in ("low", "high")] + [f"a {d} chirp" for d in ("rising", "falling")]
+            + [f"{n} bursts of noise" for n in ("a few", "several")]
+            + [f"a {s} rhythm of clicks" for s in ("slow", "fast")] + [f"the sound of {kind}" for kind in SOUND_KINDS])
+
+
+def write_audio_caption_corpus(
+    root: str | Path, n: int, seed: int = 0, *, seconds: float = 1.0,
+    formats: Sequence[str] = ("wav", "flac"), sampling_rates: Sequence[int] = (48000, 16000),
+) -> Path:
+    """``root/clips.jsonl`` with ``n`` audio–caption pairs (``{"audio": "clips/0000.wav", "text": ...}``),
+    the clips under ``root/clips/``, kinds taken in turn from `SOUND_KINDS`. Returns the manifest path."""
+    import json
+
+    root = Path(root)
+    lines = []
+    for i in range(n):
+        kind = SOUND_KINDS[i % len(SOUND_KINDS)]
+        rng = _stream(seed, "caption", str(i))
+        ext, rate = formats[i % len(formats)], sampling_rates[i % len(sampling_rates)]
+        relative = f"clips/{i:04d}.{ext}"
+        write_audio(root / relative, sound(kind, seconds, rate, rng), rate)
+        lines.append(json.dumps({"audio": relative, "text": describe(kind, rng)}))
+    manifest = root / "clips.jsonl"
+    manifest.write_text("\n".join(lines) + "\n")
+    return manifest
