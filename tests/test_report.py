@@ -1,16 +1,24 @@
-"""Plots are real PNGs; report.html shows the numbers, embeds the plots and escapes user text."""
+"""Plots are real PNGs; report.html shows the numbers, embeds the plots and escapes user text; sample
+predictions show their media: an image thumbnail, or a clip's spectrogram and a player that decodes to it."""
 
 from __future__ import annotations
 
 import base64
+import io
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
+from PIL import Image
 
+from modaltune import report
+from modaltune.data.media.audio import resample
 from modaltune.metrics import classification_metrics
 from modaltune.plots import plot_confusion_matrix, plot_history, plot_strategy_comparison
-from modaltune.report import write_report
+from modaltune.report import PLAYER_MAX_RATE, PLAYER_MAX_SECONDS, sample_sections, write_report
+from modaltune.testing.synthetic_audio import stereo, tone, write_audio
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 EVIL = "<script>alert(1)</script>"
@@ -157,3 +165,182 @@ def test_report_without_data_history_or_plots(tmp_path: Path) -> None:
     html = path.read_text()
     assert _cells(html, "r_mean") == ["0.5000"]
     assert "data:image/png" not in html and "<h2>Data</h2>" not in html
+
+
+# --------------------------------------------------------------------------- sample predictions
+
+
+def _samples_html(metrics: dict) -> str:
+    [(heading, html)] = sample_sections(metrics)
+    assert heading == "Sample predictions"
+    return html
+
+
+def _rows(html: str) -> list[str]:
+    return re.findall(r"<tr>(.*?)</tr>", html, re.S)
+
+
+def _tds(row: str) -> list[str]:
+    return re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)
+
+
+def _png(uri_data: str) -> np.ndarray:
+    data = base64.b64decode(uri_data)
+    assert data[:8] == PNG_MAGIC
+    return np.asarray(Image.open(io.BytesIO(data)).convert("L"), dtype=np.float64)
+
+
+def _players(html: str) -> list[tuple[np.ndarray, int]]:
+    """(samples, rate) of every <audio controls> player, decoded from its WAV data URI."""
+    found = re.findall(r'<audio controls[^>]*\ssrc="data:audio/wav;base64,([A-Za-z0-9+/=]+)"', html)
+    out = []
+    for data in found:
+        samples, rate = sf.read(io.BytesIO(base64.b64decode(data)), dtype="float32")
+        out.append((samples, rate))
+    return out
+
+
+def _spectrograms(html: str) -> list[np.ndarray]:
+    return [_png(d) for d in re.findall(r'<img alt="spectrogram of [^"]*"[^>]*src="data:image/png;base64,'
+                                        r'([A-Za-z0-9+/=]+)"', html)]
+
+
+def test_image_samples_show_thumbnail_question_base_and_references(tmp_path: Path) -> None:
+    path = tmp_path / "red.png"
+    Image.new("RGB", (300, 150), (200, 10, 10)).save(path)
+    metrics = {
+        "samples": [{"id": "r1", "image": str(path), "question": "what colour?", "prediction": "red",
+                     "references": ["red", "crimson"]}],
+        "zero_shot": {"samples": [{"id": "r1", "prediction": "blue"}]},
+    }
+
+    html = _samples_html(metrics)
+
+    header, row = _rows(html)
+    assert header == ("<th>image</th><th>question</th><th>this model</th><th>base model (zero-shot)</th>"
+                      "<th>reference(s)</th>")
+    cells = _tds(row)
+    assert cells[1:] == ["what colour?", "<b>red</b>", "blue", "red<br>crimson"]
+    [thumb] = re.findall(r'<img alt="[^"]*red.png" src="data:image/png;base64,([A-Za-z0-9+/=]+)">', cells[0])
+    assert _png(thumb).shape == (48, 96)  # longer side down to the thumbnail size, aspect kept
+    assert "<audio" not in html
+
+
+def test_audio_sample_embeds_a_player_that_decodes_to_the_clip(tmp_path: Path) -> None:
+    path = tmp_path / "beep.wav"
+    expected = write_audio(path, tone(440, 1.0, 16_000), 16_000)
+    metrics = {
+        "samples": [{"id": "beep", "audio": str(path), "prediction": "siren", "score": 0.873,
+                     "references": ["siren"]}],
+        "zero_shot": {"samples": [{"id": "beep", "prediction": "rain", "score": 0.4}]},
+    }
+
+    html = _samples_html(metrics)
+
+    header, row = _rows(html)
+    assert header.startswith("<th>clip</th><th>this model</th><th>base model (zero-shot)</th>")
+    assert _tds(row)[1:] == ["<b>siren (0.87)</b>", "rain (0.40)", "siren"]
+    [(samples, rate)] = _players(html)
+    assert rate == 16_000
+    np.testing.assert_array_equal(samples, expected)  # a 16-bit clip goes into the player bit-exactly
+    [spectrogram] = _spectrograms(html)
+    assert spectrogram.shape == (96, 192)
+    assert "1.0 s" in html and "shortened" not in html
+
+
+def test_spectrogram_energy_row_follows_the_pitch(tmp_path: Path) -> None:
+    write_audio(tmp_path / "low.wav", tone(300, 0.5, 16_000), 16_000)
+    write_audio(tmp_path / "high.flac", tone(4000, 0.5, 16_000), 16_000)
+    metrics = {"samples": [
+        {"id": "low", "audio": str(tmp_path / "low.wav"), "prediction": "low", "references": ["low"]},
+        {"id": "high", "media": {"audio": str(tmp_path / "high.flac")}, "prediction": "high",
+         "references": ["high"]},
+    ]}
+
+    low, high = _spectrograms(_samples_html(metrics))
+
+    def loudest_row(image: np.ndarray) -> int:
+        return int(image.mean(axis=1).argmax())  # row 0 is the top: the highest frequencies
+
+    assert not np.array_equal(low, high)
+    assert loudest_row(low) > loudest_row(high) + 20
+    assert loudest_row(low) > 48 > loudest_row(high)  # low tone in the lower half, high tone in the upper
+
+
+def test_long_stereo_clip_is_shortened_downmixed_and_resampled(tmp_path: Path) -> None:
+    rate = 32_000
+    left, right = tone(500, 10.5, rate), tone(500, 10.5, rate, amplitude=0.1)
+    path = tmp_path / "long.wav"
+    expected = write_audio(path, stereo(left, right), rate).mean(axis=1)
+
+    html = _samples_html({"samples": [{"id": "l", "audio": str(path), "prediction": "x", "references": []}]})
+
+    [(samples, player_rate)] = _players(html)
+    assert player_rate == PLAYER_MAX_RATE < rate
+    assert len(samples) == round(PLAYER_MAX_SECONDS * PLAYER_MAX_RATE)
+    # the first 10 s of the down-mixed clip, resampled: same sound up to resampling and 16-bit rounding
+    reference = resample(expected[: int(PLAYER_MAX_SECONDS * rate)], rate, PLAYER_MAX_RATE)
+    assert np.abs(samples[100:-100] - reference[100:-100]).max() < 2e-3
+    assert "first 10.0 s of 10.5 s (shortened)" in html
+
+
+def test_unreadable_clips_and_unknown_media_get_a_cell_not_a_crash(tmp_path: Path) -> None:
+    text = tmp_path / "notes.wav"
+    text.write_text("this is not audio\n" * 20)
+    good = tmp_path / "ok.wav"
+    write_audio(good, tone(440, 0.3, 8_000), 8_000)
+    metrics = {"samples": [
+        {"id": "t", "audio": str(text), "prediction": "a", "references": ["a"]},
+        {"id": "m", "audio": str(tmp_path / "missing.wav"), "prediction": "b", "references": ["b"]},
+        {"id": "v", "media": {"video": "clip.mp4"}, "prediction": "c", "references": ["c"]},
+        {"id": "n", "prediction": "d", "references": ["d"]},
+        {"id": "g", "audio": str(good), "prediction": "e", "references": ["e"]},
+    ]}
+
+    html = _samples_html(metrics)
+
+    first_cells = [_tds(r)[0] for r in _rows(html)[1:]]
+    assert first_cells[:4] == ["(clip unreadable: not_audio)", "(clip unreadable: missing_file)",
+                               "(no preview for video)", "(no media)"]
+    assert len(_players(first_cells[4])) == 1
+    assert _rows(html)[0].startswith("<th>media</th>")  # audio and video: no single kind to name
+
+
+def test_sample_text_is_escaped(tmp_path: Path) -> None:
+    metrics = {"samples": [{"id": 1, "audio": str(tmp_path / f"{EVIL}.wav"), "prediction": EVIL,
+                            "references": [EVIL, 3]}]}
+
+    html = _samples_html(metrics)
+
+    assert EVIL not in html
+    assert "&lt;script&gt;" in html and "<br>3</td>" in html
+
+
+def test_a_new_media_kind_plugs_in_through_the_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(report, "_SAMPLE_RENDERERS", dict(report._SAMPLE_RENDERERS))
+
+    @report.register_sample_renderer("video", "video")
+    def video_cell(ref: list[str], thumbnail: int) -> str:
+        return f"<i>{len(ref)} frames at {thumbnail}px</i>"
+
+    metrics = {"samples": [{"id": "v", "media": {"video": ["f0", "f1"]}, "prediction": "run",
+                            "references": ["run"]}]}
+
+    header, row = _rows(_samples_html(metrics))
+    assert header.startswith("<th>video</th>")
+    assert _tds(row)[0] == "<i>2 frames at 96px</i>"
+
+
+def test_report_with_audio_samples_stays_self_contained(tmp_path: Path) -> None:
+    clip = tmp_path / "data" / "beep.ogg"
+    write_audio(clip, tone(880, 0.5, 22_050), 22_050)
+    metrics = {"accuracy": 1.0, "samples": [{"id": "b", "audio": str(clip), "prediction": "beep",
+                                             "references": ["beep"]}]}
+
+    path = write_report(tmp_path / "run", title="audio", config={}, data_report=None, metrics=metrics,
+                        history=[], sections=sample_sections(metrics))
+
+    html = path.read_text()
+    assert len(_players(html)) == 1 and len(_spectrograms(html)) == 1
+    assert "http://" not in html and "https://" not in html
+    assert not re.search(r"<(link|script)\b", html)

@@ -1,5 +1,5 @@
 """The plots (PNG) of a run: loss and learning-rate curves, validation metrics, confusion matrix,
-strategy comparison.
+strategy comparison; and the spectrogram thumbnail of an audio clip (`spectrogram_png`).
 
 Plots are drawn on ``matplotlib.figure.Figure`` objects with the Agg canvas instead of through
 ``pyplot``: that needs no display, never switches the backend of a user's notebook or GUI, keeps
@@ -14,6 +14,7 @@ from numbers import Number
 from pathlib import Path
 from typing import Any, SupportsFloat, cast
 
+import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -200,3 +201,80 @@ def _bars(
     ax.set_xlim(0, max(values + [1e-9]) * 1.2)  # room for the value labels
     ax.set_title(title)
     ax.grid(axis="x", alpha=0.3)
+
+
+# --------------------------------------------------------------------------- spectrograms
+
+#: Loudness range a spectrogram shows: anything more than this below its loudest bin is black.
+SPECTROGRAM_TOP_DB = 80.0
+
+
+def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
+    return 2595.0 * np.log10(1.0 + hz / 700.0)  # HTK's mel scale
+
+
+def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
+    return 700.0 * (10.0 ** (mel / 2595.0) - 1.0)
+
+
+def _mel_filters(n_mels: int, n_fft: int, sampling_rate: int) -> np.ndarray:
+    """``(n_mels, n_fft // 2 + 1)`` triangular filters evenly spaced in mel from 0 Hz to Nyquist.
+
+    A band narrower than one STFT bin (low bands at a low rate) takes the bin nearest its centre
+    instead of staying empty, so no row of the spectrogram is a black stripe.
+    """
+    bins = np.fft.rfftfreq(n_fft, 1.0 / sampling_rate)
+    edges = _mel_to_hz(np.linspace(0.0, float(_hz_to_mel(np.array(sampling_rate / 2.0))), n_mels + 2))
+    low, centre, high = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+    rising = (bins[None, :] - low) / np.maximum(centre - low, 1e-9)
+    falling = (high - bins[None, :]) / np.maximum(high - centre, 1e-9)
+    filters = np.clip(np.minimum(rising, falling), 0.0, None)
+    for band in np.flatnonzero(filters.sum(axis=1) == 0):
+        filters[band, int(np.argmin(np.abs(bins - centre[band, 0])))] = 1.0
+    return filters
+
+
+def log_mel_spectrogram(samples: np.ndarray, sampling_rate: int, *, n_mels: int = 64,
+                        top_db: float = SPECTROGRAM_TOP_DB) -> np.ndarray:
+    """The log-mel power spectrogram of mono ``samples``: ``(n_mels, frames)`` in dB relative to its
+    loudest bin, floored at ``-top_db``; row 0 is the lowest band.
+
+    Plain numpy: a Hann-windowed STFT with a window of about 25 ms (a power of two: 512 samples at
+    16 or 22.05 kHz, 1024 at 44.1 or 48 kHz) and a hop of a quarter window, clip zero-padded at both
+    ends so the first and last samples are centred in a frame. Digital silence gives all ``-top_db``.
+    """
+    x = np.asarray(samples, dtype=np.float64).reshape(-1)
+    if sampling_rate <= 0:
+        raise ValueError(f"sampling rate must be positive, got {sampling_rate}")
+    n_fft = int(2 ** max(6, round(math.log2(sampling_rate * 0.025))))
+    hop = n_fft // 4
+    x = np.pad(x, (n_fft // 2, n_fft // 2))
+    if len(x) < n_fft:
+        x = np.pad(x, (0, n_fft - len(x)))
+    frames = np.lib.stride_tricks.sliding_window_view(x, n_fft)[::hop]
+    power = np.abs(np.fft.rfft(frames * np.hanning(n_fft + 1)[:-1], axis=1)) ** 2  # periodic Hann
+    mel = _mel_filters(n_mels, n_fft, sampling_rate) @ power.T
+    if not mel.max() > 0:  # digital silence: nothing is loud, not everything is as loud as the peak
+        return np.full(mel.shape, -top_db)
+    db = 10.0 * np.log10(np.maximum(mel, 1e-12))
+    return np.clip(db - db.max(), -top_db, 0.0)
+
+
+def spectrogram_png(samples: np.ndarray, sampling_rate: int, *, width: int = 192, height: int = 96) -> bytes:
+    """A ``width`` × ``height`` PNG of the clip's `log_mel_spectrogram`: time left to right, low
+    frequencies at the bottom, loudness in the perceptually uniform "magma" colour map (brighter is
+    louder). Drawn straight from the array with PIL: no axes, no figure, a few milliseconds."""
+    import io
+
+    from matplotlib import colormaps
+    from PIL import Image
+
+    db = log_mel_spectrogram(samples, sampling_rate)
+    level = (db[::-1] + SPECTROGRAM_TOP_DB) / SPECTROGRAM_TOP_DB  # flipped: high bands on top; 0..1
+    scaled = Image.fromarray(level.astype(np.float32)).resize(
+        (width, height), Image.Resampling.BILINEAR)
+    index = np.clip(np.rint(np.asarray(scaled) * 255.0), 0, 255).astype(np.uint8)
+    lut = (colormaps["magma"](np.linspace(0.0, 1.0, 256))[:, :3] * 255.0).round().astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(lut[index]).save(buffer, format="PNG")
+    return buffer.getvalue()

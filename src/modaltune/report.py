@@ -10,13 +10,14 @@ from __future__ import annotations
 import base64
 import math
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from numbers import Integral, Real
 from pathlib import Path
 from typing import Any
 
 import jinja2
+import numpy as np
 
 from modaltune.plots import is_number, metric_names, plot_history, series
 
@@ -329,42 +330,198 @@ def transfer_sections(metrics: dict) -> list[tuple[str, str]]:
     return sections
 
 
+# --------------------------------------------------------------------------- sample predictions
 
-def sample_sections(metrics: dict, *, thumbnail: int = 96) -> list[tuple[str, str]]:
-    """Sample predictions next to their references, with the image, for generative and VQA tasks:
-    ``metrics["samples"]`` from this run, and the base model's own answers from the zero-shot
-    baseline for the same rows."""
-    import html as _html
+#: The longest stretch of a clip the report's player holds (and its spectrogram shows), in seconds.
+PLAYER_MAX_SECONDS = 10.0
+#: Clips recorded above this rate are resampled to it for the player (the spectrogram keeps the
+#: clip's own rate): 10 s of 16-bit mono is then at most ~590 kB of base64 per sample.
+PLAYER_MAX_RATE = 22_050
+
+
+#: ``render(ref, thumbnail) -> cell HTML`` of a `SampleRenderer`.
+RenderSample = Callable[[Any, int], str]
+
+
+@dataclass(frozen=True)
+class SampleRenderer:
+    """How the sample table shows one kind of media (``"image"``, ``"audio"``; later video, …).
+
+    ``header`` is the table's first column heading when every sample is of this kind (``"image"``,
+    ``"clip"``). ``render(ref, thumbnail)`` gets what the sample holds under the kind (a path; a
+    later kind may hold a list) and the thumbnail size in pixels, and returns the inner HTML of the
+    cell, with anything from the data escaped; it never raises for a bad file, it says so in the cell.
+    """
+
+    kind: str
+    header: str
+    render: RenderSample
+
+
+_SAMPLE_RENDERERS: dict[str, SampleRenderer] = {}
+
+
+def register_sample_renderer(kind: str, header: str) -> Callable[[RenderSample], RenderSample]:
+    """Decorator: ``render`` shows samples of media ``kind`` (see `SampleRenderer`); the table code
+    needs no change for a new kind. Registering a kind twice replaces the earlier renderer."""
+
+    def add(render: RenderSample) -> RenderSample:
+        _SAMPLE_RENDERERS[kind] = SampleRenderer(kind, header, render)
+        return render
+
+    return add
+
+
+def sample_renderers() -> dict[str, SampleRenderer]:
+    """The registered renderers by kind (a copy)."""
+    return dict(_SAMPLE_RENDERERS)
+
+
+def _png_uri(data: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+@register_sample_renderer("image", "image")
+def _image_cell(path: Any, thumbnail: int) -> str:
+    """An inline PNG thumbnail of the image, at most ``thumbnail`` pixels on its longer side."""
     import io
 
-    from modaltune.data import MediaError, load_image
+    from modaltune.data.media import MediaError, load_image
 
+    try:
+        image = load_image(Path(path)).convert("RGB")
+    except (MediaError, OSError):
+        return "(image unreadable)"
+    image.thumbnail((thumbnail, thumbnail))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return f'<img alt="{_esc(path)}" src="{_png_uri(buffer.getvalue())}">'
+
+
+def clip_for_player(path: str | Path) -> tuple[np.ndarray, int, float]:
+    """What the report's player plays of the clip at ``path``: ``(samples, rate, seconds of the whole clip)``.
+
+    The clip is decoded by the project's audio decoder (`modaltune.data.media.load_audio`: mono, by
+    averaging channels), cut to its first `PLAYER_MAX_SECONDS`, resampled to `PLAYER_MAX_RATE` when
+    recorded above it, and clipped to [-1, 1]. Raises `MediaError` (with a reason code) if unreadable.
+    """
+    from modaltune.data.media import audio_info, load_audio
+    from modaltune.data.media.audio import resample
+
+    rate = audio_info(path).sampling_rate
+    samples = load_audio(path)
+    seconds = len(samples) / rate
+    samples = samples[: int(PLAYER_MAX_SECONDS * rate)]
+    if rate > PLAYER_MAX_RATE:
+        samples, rate = resample(samples, rate, PLAYER_MAX_RATE), PLAYER_MAX_RATE
+    return np.clip(samples, -1.0, 1.0).astype(np.float32), rate, seconds
+
+
+def wav_bytes(samples: np.ndarray, sampling_rate: int) -> bytes:
+    """``samples`` (float, mono) as a 16-bit PCM WAV file: ``round(x * 32768)``, saturated, as
+    ``modaltune.testing.synthetic_audio.quantize(x, "PCM_16")`` does, so a 16-bit clip is kept exactly."""
+    import io
+
+    import soundfile as sf
+
+    ints = np.clip(np.rint(np.asarray(samples, dtype=np.float64) * 32768.0), -32768, 32767).astype(np.int16)
+    buffer = io.BytesIO()
+    sf.write(buffer, ints, int(sampling_rate), format="WAV", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+@register_sample_renderer("audio", "clip")
+def _audio_cell(path: Any, thumbnail: int) -> str:
+    """A log-mel spectrogram thumbnail (``2 * thumbnail`` × ``thumbnail`` px) over an ``<audio controls>``
+    player holding the clip as a WAV data URI (see `clip_for_player`), and its length; shortened clips say so."""
+    from modaltune.data.media import MediaError
+    from modaltune.plots import spectrogram_png
+
+    try:
+        samples, rate, seconds = clip_for_player(path)
+        spectrogram = spectrogram_png(samples, rate, width=2 * thumbnail, height=thumbnail)
+        wav = base64.b64encode(wav_bytes(samples, rate)).decode("ascii")
+    except MediaError as exc:
+        return f"(clip unreadable: {_esc(exc.reason)})"
+    except (OSError, ValueError, RuntimeError) as exc:
+        return f"(clip unreadable: {_esc(type(exc).__name__)})"
+    shown = len(samples) / rate
+    length = (f"first {shown:.1f} s of {seconds:.1f} s (shortened)" if shown < seconds - 1e-6
+              else f"{seconds:.1f} s")
+    return (f'<img alt="spectrogram of {_esc(path)}" title="log-mel spectrogram" src="{_png_uri(spectrogram)}">'
+            f'<br><audio controls preload="metadata" src="data:audio/wav;base64,{wav}"></audio>'
+            f"<br><small>{length}</small>")
+
+
+def _esc(value: Any) -> str:
+    import html as _html
+
+    return _html.escape(str(value))
+
+
+def sample_media(sample: Mapping[str, Any]) -> tuple[str, Any] | None:
+    """``(kind, reference)`` of the media a sample shows: its ``"media"`` dict (``{"audio": path}``)
+    first, else a top-level key named after a registered kind (``"image"``, ``"audio"``); ``None``
+    when it has none. In a ``"media"`` dict a kind with a renderer wins over one without."""
+    media = sample.get("media")
+    if isinstance(media, Mapping) and media:
+        for kind, ref in media.items():
+            if kind in _SAMPLE_RENDERERS and ref:
+                return str(kind), ref
+        kind, ref = next(iter(media.items()))
+        return str(kind), ref
+    for kind in _SAMPLE_RENDERERS:
+        if sample.get(kind):
+            return kind, sample[kind]
+    return None
+
+
+def _media_cell(sample: Mapping[str, Any], thumbnail: int) -> str:
+    found = sample_media(sample)
+    if found is None:
+        return "<td>(no media)</td>"
+    kind, ref = found
+    renderer = _SAMPLE_RENDERERS.get(kind)
+    if renderer is None:
+        return f"<td>(no preview for {_esc(kind)})</td>"
+    return f"<td>{renderer.render(ref, thumbnail)}</td>"
+
+
+def _prediction_text(sample: Mapping[str, Any] | None) -> str:
+    """The prediction, escaped, with its score when the sample has one (a classifier's probability)."""
+    if not sample:
+        return ""
+    text = _esc(sample.get("prediction", ""))
+    score = sample.get("score")
+    return f"{text} ({float(score):.2f})" if score is not None and is_number(score) else text
+
+
+def sample_sections(metrics: dict, *, thumbnail: int = 96) -> list[tuple[str, str]]:
+    """Sample predictions next to their references, with their media: ``metrics["samples"]`` from
+    this run, and the base model's own predictions from the zero-shot baseline for the same rows.
+
+    A sample is ``{"id", <media>, "prediction", "score"?, "question"?, "references": [...]}`` where
+    the media is ``"image": path``, ``"audio": path`` or ``"media": {kind: path}``; each kind is
+    shown by its `SampleRenderer` (an image thumbnail; a spectrogram and a player for a clip). The
+    first column is headed by the kind's name (``image``, ``clip``), or ``media`` when kinds mix.
+    """
     samples = metrics.get("samples")
     if not samples:
         return []
-    esc = _html.escape
     base = {s["id"]: s for s in (metrics.get("zero_shot") or {}).get("samples", [])}
 
-    def image_cell(path: str) -> str:
-        try:
-            image = load_image(Path(path)).convert("RGB")
-        except (MediaError, OSError):
-            return "<td>(image unreadable)</td>"
-        image.thumbnail((thumbnail, thumbnail))
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
-        data = base64.b64encode(buffer.getvalue()).decode("ascii")
-        return f'<td><img alt="{esc(path)}" src="data:image/png;base64,{data}"></td>'
-
+    kinds = {found[0] for found in map(sample_media, samples) if found}
+    only = _SAMPLE_RENDERERS.get(next(iter(kinds))) if len(kinds) == 1 else None
+    heading = only.header if only else "media"
     has_question = any(s.get("question") for s in samples)
-    header = "<tr><th>image</th>" + ("<th>question</th>" if has_question else "") + \
+    header = f"<tr><th>{_esc(heading)}</th>" + ("<th>question</th>" if has_question else "") + \
         "<th>this model</th>" + ("<th>base model (zero-shot)</th>" if base else "") + "<th>reference(s)</th></tr>"
     rows = []
     for s in samples:
-        refs = "<br>".join(esc(r) for r in s.get("references", []))
-        question = f"<td>{esc(s.get('question') or '')}</td>" if has_question else ""
-        zero = f"<td>{esc(base.get(s['id'], {}).get('prediction', ''))}</td>" if base else ""
-        rows.append(f"<tr>{image_cell(s['image'])}{question}<td><b>{esc(s['prediction'])}</b></td>{zero}"
+        refs = "<br>".join(_esc(r) for r in s.get("references", []))
+        question = f"<td>{_esc(s.get('question') or '')}</td>" if has_question else ""
+        zero = f"<td>{_prediction_text(base.get(s['id']))}</td>" if base else ""
+        rows.append(f"<tr>{_media_cell(s, thumbnail)}{question}<td><b>{_prediction_text(s)}</b></td>{zero}"
                     f"<td>{refs}</td></tr>")
     return [("Sample predictions", f"<p>The first {len(samples)} validation examples.</p>"
              f"<table>{header}{''.join(rows)}</table>")]
