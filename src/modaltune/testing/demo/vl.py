@@ -75,9 +75,9 @@ def _run(task: str, model: Path, data: Path, run: Path, epochs: int, lr: float, 
                        epochs=epochs, batch_size=spec.batch_size, lr=lr, seed=0, keep_last=1, max_new_tokens=12)
     metrics = train(cfg)
     sample = metrics["samples"][0]
-    [example] = predict(run, [sample["image"]], question=sample.get("question"))
+    example: dict[str, Any] = predict(run, [sample["image"]], question=sample.get("question"))[0]
     keys = ["vqa_accuracy", "exact_match"] if task == "vqa" else ["bleu_1", "bleu_4", "cider", "rouge_l"]
-    result = {
+    result: dict[str, Any] = {
         "task": task, "model": model.name, "strategy": "full", "metric": metric,
         "zero_shot": {k: metrics["zero_shot"][k] for k in keys}, "trained": {k: metrics[k] for k in keys},
         "example": {"image": sample["image"], "question": sample.get("question"),
