@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import VILT_ANSWERS
-from modaltune.api import evaluate, predict, train
+from modaltune.api import evaluate, load_model, predict, train
 from modaltune.config import build_config
 from modaltune.data import load_dataset
 from modaltune.errors import ConfigError, DataError
@@ -104,15 +104,16 @@ def test_vilt_vocabulary_keeps_model_answers_and_adds_new_rows(tiny_vilt, vqa_ma
     rows, _ = load_dataset(vqa_manifest, require=("image", "question", "answers"))
     task = create_task("vqa", **create_task("vqa").options_from_rows(rows))
     loaded = task.load(tiny_vilt)
-    assert task.mode == "classifier"
-    assert task.answers[:len(VILT_ANSWERS)] == VILT_ANSWERS  # the base model's answers keep their ids
-    added = set(task.answers) - set(VILT_ANSWERS)
+    answers = loaded.state["answers"]
+    assert loaded.state["mode"] == "classifier"
+    assert answers[:len(VILT_ANSWERS)] == VILT_ANSWERS  # the base model's answers keep their ids
+    added = set(answers) - set(VILT_ANSWERS)
     assert added and added == set(task.train_answers) - set(VILT_ANSWERS)
     from transformers import AutoModelForVisualQuestionAnswering
 
     base = AutoModelForVisualQuestionAnswering.from_pretrained(tiny_vilt)
     head, old = loaded.model.backbone.classifier[-1], base.classifier[-1]
-    assert head.out_features == len(task.answers)
+    assert head.out_features == len(answers)
     assert torch.equal(head.weight[: old.out_features], old.weight)  # old answers untouched
     assert torch.allclose(head.bias[old.out_features:], old.bias.mean().expand(len(added)))
 
@@ -158,7 +159,7 @@ def test_generative_vqa_end_to_end(model_fixture, vqa_manifest, tmp_path, reques
     assert "unknown_answer_rate" not in metrics  # a generator can say any answer
     assert 0.0 <= metrics["vqa_accuracy"] <= 1.0 and "vqa_accuracy" in metrics["zero_shot"]
     saved = json.loads((run / "model" / "modaltune.json").read_text())
-    assert saved["generation"] == {"num_beams": 2, "max_new_tokens": 6}
+    assert saved["state"]["generation"] == {"num_beams": 2, "max_new_tokens": 6}
     rows, _ = load_dataset(vqa_manifest, require=("image", "question", "answers"))
     [out] = predict(run, [rows[0].image], question=rows[0].question)
     assert isinstance(out["answer"], str) and out["question"] == rows[0].question
@@ -258,7 +259,7 @@ def test_model_labels_written_differently_still_receive_their_answers(tmp_path, 
     model = build_vilt_vqa(tmp_path / "vilt", texts=vocabulary_texts() + vqa_texts(), answers=["Yes", "Red"])
     task = create_task("vqa", train_answers=["red", "blue"])
     loaded = task.load(model)
-    assert task.answers == ["Yes", "Red", "blue"]  # "red" is not added twice
+    assert loaded.state["answers"] == ["Yes", "Red", "blue"]  # "red" is not added twice
     from PIL import Image
 
     from modaltune.data.rows import Row
@@ -282,3 +283,75 @@ def test_rehearsed_vqa_answers_join_the_classifier_vocabulary(tiny_vilt, vqa_man
     labels = set(AutoConfig.from_pretrained(run / "model").id2label.values())
     assert {"aubergine", "zucchini"} <= labels
     assert metrics["forgetting"]["task"] == "vqa" and metrics["replay"]["rows"] == 2
+
+
+# --------------------------------------------------------------------------- task state
+
+
+def _vqa_items(questions: list[str]) -> list:
+    from PIL import Image
+
+    from modaltune.data.rows import Row
+
+    image = Image.new("RGB", (32, 32), (200, 30, 30))
+    return [(Row(id=f"q{i}", question=q), {"image": image}) for i, q in enumerate(questions)]
+
+
+def _vqa_predictions(task, loaded, items) -> list[dict]:
+    with torch.no_grad():
+        outputs = task.outputs(loaded, task.collate(loaded, items))
+    return task.predict(loaded, outputs, [row for row, _ in items])
+
+
+def test_one_vqa_task_serves_a_classifier_and_a_generator_side_by_side(tiny_vilt, tiny_git):
+    """What a model adds (head mode, answer vocabulary, generation settings) lives in its Loaded.state,
+    so loading a second model changes neither the task nor the first model's answers."""
+    task = create_task("vqa", train_answers=["red", "aubergine"], max_new_tokens=3)
+    options = dict(vars(task))
+    items = _vqa_items(["what colour is it?", "what shape?"])
+    vilt = task.load(tiny_vilt)
+    first = _vqa_predictions(task, vilt, items)
+    git = task.load(tiny_git)
+    assert vars(task) == options  # load never writes to the task
+    assert vilt.state["mode"] == "classifier" and git.state["mode"] == "prefix-lm"
+    assert vilt.state["answers"] == [*VILT_ANSWERS, "aubergine"] and "answers" not in git.state
+    assert git.state["generation"] == {"num_beams": 1, "max_new_tokens": 3}
+
+    generated = _vqa_predictions(task, git, items)
+    assert all(isinstance(p["answer"], str) and "top" not in p for p in generated)
+    assert _vqa_predictions(task, vilt, items) == first  # the classifier answers as before the second load
+    assert all(p["answer"] in vilt.state["answers"] and len(p["top"]) == 5 for p in first)
+    # An attached task takes the head of the model it is attached to, with its own generation settings.
+    attached = create_task("vqa", num_beams=2).attach(git)
+    assert attached.state == {"mode": "prefix-lm", "generation": {"num_beams": 2, "max_new_tokens": 10}}
+    assert attached.model is git.model
+
+
+def test_saved_state_round_trips_and_user_settings_win(tiny_git, tmp_path):
+    task = create_task("caption", num_beams=2, max_new_tokens=4)
+    loaded = task.load(tiny_git)
+    task.save(loaded, tmp_path / "model")
+    saved = json.loads((tmp_path / "model" / "modaltune.json").read_text())
+    assert saved["task"] == "caption" and saved["state"] == {"generation": {"num_beams": 2, "max_new_tokens": 4}}
+    assert create_task("caption").load(tmp_path / "model").state == saved["state"]
+    again = create_task("caption", max_new_tokens=2).load(tmp_path / "model")
+    assert again.state["generation"] == {"num_beams": 2, "max_new_tokens": 2}  # given settings win
+    assert create_task("caption").load(tiny_git).state["generation"] == {"num_beams": 1, "max_new_tokens": 30}
+
+
+def test_model_saved_before_task_state_had_its_own_key_still_loads(tiny_vilt, tiny_git, tmp_path):
+    """modaltune.json written before "state" existed: mode and generation settings at its top level."""
+    shutil.copytree(tiny_git, tmp_path / "git")
+    (tmp_path / "git" / "modaltune.json").write_text(json.dumps(
+        {"format": 1, "task": "vqa", "mode": "prefix-lm", "generation": {"num_beams": 2, "max_new_tokens": 3}}))
+    task, loaded = load_model(tmp_path / "git")
+    assert loaded.state == {"mode": "prefix-lm", "generation": {"num_beams": 2, "max_new_tokens": 3}}
+    [out] = _vqa_predictions(task, loaded, _vqa_items(["what colour is it?"]))
+    assert isinstance(out["answer"], str)
+
+    shutil.copytree(tiny_vilt, tmp_path / "vilt")
+    (tmp_path / "vilt" / "modaltune.json").write_text(json.dumps(
+        {"format": 1, "task": "vqa", "mode": "classifier", "generation": {"num_beams": None, "max_new_tokens": None}}))
+    _, loaded = load_model(tmp_path / "vilt")
+    assert loaded.state == {"mode": "classifier", "answers": VILT_ANSWERS,
+                            "generation": {"num_beams": 1, "max_new_tokens": 10}}

@@ -13,8 +13,9 @@ import torch
 from modaltune.config.task_options import GenerationOptions
 from modaltune.data.rows import Row
 from modaltune.errors import ConfigError
+from modaltune.models.base import backbone_of, hf_config
 from modaltune.tasks import vl
-from modaltune.tasks.base import BackboneModel, Loaded, ModelOptions, read_meta, register
+from modaltune.tasks.base import BackboneModel, Loaded, ModelOptions, register
 
 DEFAULT_MAX_NEW_TOKENS = 30
 MAX_TEXT_TOKENS = 64
@@ -34,6 +35,7 @@ class CaptionTask(vl.StackedBlocksTask):
 
     def __init__(self, num_beams: int | None = None, max_new_tokens: int | None = None, **options: Any) -> None:
         vl.check_generation(num_beams, max_new_tokens)
+        # The user's generation settings; None: those the model was saved with, else the defaults.
         self.num_beams = num_beams
         self.max_new_tokens = max_new_tokens
         self.options = options
@@ -45,19 +47,21 @@ class CaptionTask(vl.StackedBlocksTask):
         backbone, processor = vl.load_pretrained(source, self.auto_classes, scratch=scratch,
                                                  trust_remote_code=trust_remote_code, task=self.name,
                                                  options=options)
-        if not backbone.can_generate():
+        if not vl.hf_model(backbone).can_generate():
             raise ConfigError(f"model {source!r} ({type(backbone).__name__}) cannot generate text; "
                               "captioning needs an image-to-text generator such as BLIP or GIT")
-        vl.generation_options(self, read_meta(Path(source)) if Path(source).is_dir() else None)
-        vl.check_generation_room(backbone, processor.tokenizer, self.max_new_tokens)
-        return Loaded(model=BackboneModel(backbone), processor=processor)
+        generation = self._generation(vl.saved_state(source))
+        vl.check_generation_room(backbone, processor.tokenizer, generation.max_new_tokens)
+        return Loaded(model=BackboneModel(backbone), processor=processor,
+                      state={"generation": generation.state()})
+
+    def _generation(self, saved: dict[str, Any]) -> vl.Generation:
+        return vl.Generation.resolve(self.num_beams, self.max_new_tokens, saved, self.default_max_new_tokens)
 
     def attach(self, other: Loaded) -> Loaded:
-        vl.generation_options(self, None)
-        return Loaded(model=other.model, processor=other.processor, meta=dict(other.meta))
-
-    def save(self, loaded: Loaded, directory: Path) -> None:
-        self.save_with_meta(loaded, directory, {})
+        # Scoring another captioning model: this task's own generation settings, else the defaults.
+        return Loaded(model=other.model, processor=other.processor, meta=dict(other.meta),
+                      media_options=dict(other.media_options), state={"generation": self._generation({}).state()})
 
     # ---- data --------------------------------------------------------------------------------
 
@@ -65,11 +69,12 @@ class CaptionTask(vl.StackedBlocksTask):
         processor = loaded.processor
         batch = {"pixel_values": processor.image_processor(images=[media["image"] for _, media in items],
                                                            return_tensors="pt")["pixel_values"]}
-        texts = [row.text for row, _ in items]
+        texts = [row.text or "" for row, _ in items]
         if all(texts):
-            tokens = vl.special_tokens(loaded.model.backbone, processor.tokenizer)
+            backbone = backbone_of(loaded.model)
+            tokens = vl.special_tokens(backbone, processor.tokenizer)
             # Start and end token around the caption, all within the model's text positions.
-            limit = min(MAX_TEXT_TOKENS, vl.text_positions(loaded.model.backbone, processor.tokenizer) - 2)
+            limit = min(MAX_TEXT_TOKENS, vl.text_positions(backbone, processor.tokenizer) - 2)
             targets = [ids + [tokens.eos] for ids in vl.text_ids(processor.tokenizer, texts, limit)]
             batch.update(vl.prefix_lm_batch([[tokens.bos]] * len(items), targets, tokens))
         return batch
@@ -86,26 +91,26 @@ class CaptionTask(vl.StackedBlocksTask):
 
     def loss(self, loaded: Loaded, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         inputs = {k: batch[k] for k in ("pixel_values", "input_ids", "attention_mask", "labels")}
-        return loaded.model.backbone(**inputs).loss
+        return backbone_of(loaded.model)(**inputs).loss
 
     def outputs(self, loaded: Loaded, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        backbone = loaded.model.backbone
+        backbone = backbone_of(loaded.model)
+        generation = vl.Generation.of(loaded)
         pixel_values = batch["pixel_values"]
         tokens = vl.special_tokens(backbone, loaded.processor.tokenizer)
         n = pixel_values.shape[0]
-        kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "num_beams": self.num_beams,
-                                  "do_sample": False}
-        if vl.unwrap(backbone).config.model_type != "blip":
+        kwargs = generation.kwargs()
+        if hf_config(vl.hf_model(backbone)).model_type != "blip":
             # BLIP starts its decoder itself; others continue the start token given as a prompt.
             kwargs["input_ids"] = torch.full((n, 1), tokens.bos, dtype=torch.long, device=pixel_values.device)
-        generated = backbone.generate(pixel_values=pixel_values, **kwargs)
+        generated = vl.generate(backbone, pixel_values=pixel_values, **kwargs)
         # Both layouts return the start token first: the caption is what follows it.
         sequences = [seq[1:] for seq in generated]
-        return {"generated": vl.pad_generated(sequences, self.max_new_tokens + 1),
+        return {"generated": vl.pad_generated(sequences, generation.max_new_tokens + 1),
                 "image_embeds": vl.image_embedding(backbone, pixel_values)}
 
     def captions(self, loaded: Loaded, outputs: dict[str, torch.Tensor]) -> list[str]:
-        tokens = vl.special_tokens(loaded.model.backbone, loaded.processor.tokenizer)
+        tokens = vl.special_tokens(backbone_of(loaded.model), loaded.processor.tokenizer)
         return vl.decode(loaded.processor.tokenizer, outputs["generated"], tokens)
 
     def evaluate(self, loaded: Loaded, outputs: dict[str, torch.Tensor], rows: list[Row]) -> dict[str, Any]:
@@ -118,7 +123,7 @@ class CaptionTask(vl.StackedBlocksTask):
             key = str(row.image)
             predictions.setdefault(key, caption)  # an image is captioned once, whatever its rows
             references.setdefault(key, []).extend(_references([row]))
-        metrics = caption_metrics(predictions, references)
+        metrics: dict[str, Any] = dict(caption_metrics(predictions, references))
         metrics["samples"] = [{"id": row.id, "image": str(row.image), "prediction": caption,
                                "references": references[str(row.image)]}
                               for row, caption in list(zip(rows, captions))[:8]]
@@ -134,7 +139,7 @@ class CaptionTask(vl.StackedBlocksTask):
     # ---- strategies --------------------------------------------------------------------------
 
     def probe_parameters(self, loaded: Loaded) -> list[str]:
-        return vl.output_head_prefixes(loaded.model.backbone)
+        return vl.output_head_prefixes(backbone_of(loaded.model))
 
 
 def _references(rows: list[Row]) -> list[str]:

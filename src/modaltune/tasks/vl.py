@@ -9,16 +9,20 @@ its own recipe (BLIP's question-encoder/answer-decoder VQA) the task says so exp
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import torch
 from torch import nn
 
 from modaltune.errors import ConfigError, ModaltuneError
-from modaltune.models.base import ATTENTION_PROJECTIONS, StructuralAdapter, blocks_at, hf_config
-from modaltune.tasks.base import ModelOptions, Task, load_error, unwrap, write_meta
+from modaltune.models.base import ATTENTION_PROJECTIONS, StructuralAdapter, backbone_of, blocks_at, hf_config
+from modaltune.tasks.base import Loaded, ModelOptions, Task, load_error, read_meta, unwrap, write_meta
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 #: Attention projections LoRA wraps, in every block stack of the model.
 LORA_PATTERN = rf".*\.({ATTENTION_PROJECTIONS})$"
@@ -103,27 +107,72 @@ def output_head_prefixes(backbone: nn.Module, prefix: str = "backbone.") -> list
 
 class StackedBlocksTask(Task):
     """Strategy plumbing shared by the vision-language tasks: ``last-n`` trains the last blocks of
-    every stack the model has, ``full`` everything, LoRA wraps the attention projections."""
+    every stack the model has, ``full`` everything, LoRA wraps the attention projections; ``save``
+    writes the model as plain transformers does, with the task and its state in ``modaltune.json``."""
 
-    def blocks(self, loaded: Any) -> dict[str, list[nn.Module]]:
-        return stacks(loaded.model.backbone)
+    def blocks(self, loaded: Loaded) -> dict[str, list[nn.Module]]:
+        return stacks(backbone_of(loaded.model))
 
-    def top_parameters(self, loaded: Any) -> list[str]:
-        return top_parameter_names(loaded.model.backbone)
+    def top_parameters(self, loaded: Loaded) -> list[str]:
+        return top_parameter_names(backbone_of(loaded.model))
 
-    def used_parameters(self, loaded: Any) -> list[str]:
+    def used_parameters(self, loaded: Loaded) -> list[str]:
         return ["backbone."]
 
-    def lora_targets(self, loaded: Any) -> str:
+    def lora_targets(self, loaded: Loaded) -> str:
         return LORA_PATTERN
 
-    def save_with_meta(self, loaded: Any, directory: Path, meta: dict[str, Any]) -> None:
-        """model/ as plain transformers saves it, plus the task and its generation settings."""
+    def save(self, loaded: Loaded, directory: Path) -> None:
+        """model/ as plain transformers saves it, plus the task and its state (generation settings...)."""
         directory.mkdir(parents=True, exist_ok=True)
-        loaded.model.backbone.save_pretrained(directory)
+        hf_model(backbone_of(loaded.model)).save_pretrained(directory)
         loaded.processor.save_pretrained(directory)
-        generation = {name: getattr(self, name, None) for name in ("num_beams", "max_new_tokens")}
-        write_meta(directory, {"task": self.name, **meta, "generation": generation})
+        write_meta(directory, {"task": self.name, "state": loaded.state})
+
+
+def hf_model(backbone: nn.Module) -> PreTrainedModel:
+    """The Hugging Face model a task model's backbone is (under its PEFT wrapper, if any), typed as one.
+
+    Every vision-language backbone comes from ``load_pretrained``'s Auto classes, so it is one."""
+    return cast("PreTrainedModel", unwrap(backbone))
+
+
+class _Generator(Protocol):
+    def generate(self, **kwargs: Any) -> torch.Tensor: ...
+
+
+def generate(backbone: nn.Module, **kwargs: Any) -> torch.Tensor:
+    """``backbone.generate(**kwargs)``: the generated ids (a PEFT wrapper forwards the call to its model).
+
+    Only called for models the task checked can generate when it loaded them; without
+    ``return_dict_in_generate`` transformers returns the ids tensor."""
+    return cast(_Generator, backbone).generate(**kwargs)
+
+
+#: Entries of a task's state that a run directory written before ``modaltune.json`` had a ``"state"``
+#: key kept at its top level.
+_LEGACY_STATE_KEYS = ("mode", "answers", "generation")
+
+
+def saved_state(source: str | Path) -> dict[str, Any]:
+    """The task state saved beside a model (``modaltune.json``'s ``"state"``; for a directory saved
+    before it had one, the same entries at the top level); empty for a hub name or a base model."""
+    path = Path(source)
+    meta = read_meta(path) if path.is_dir() else None
+    if not meta:
+        return {}
+    if "state" in meta:
+        return dict(meta["state"])
+    return {key: meta[key] for key in _LEGACY_STATE_KEYS if key in meta}
+
+
+def state_entry(loaded: Loaded, key: str) -> Any:
+    """``loaded.state[key]``, or an error saying the model was not loaded through this task."""
+    try:
+        return loaded.state[key]
+    except KeyError:
+        raise ModaltuneError(f"the model has no {key!r} in its task state: load it (or attach to it) through "
+                             "the task that uses it") from None
 
 
 def image_embedding(model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -153,13 +202,34 @@ def check_generation(num_beams: int | None, max_new_tokens: int | None) -> None:
         raise ConfigError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
 
 
-def generation_options(task: Any, saved: dict[str, Any] | None) -> None:
-    """Settings given to the task win; else those the model was trained with; else the defaults."""
-    saved = (saved or {}).get("generation", {})
-    if task.num_beams is None:
-        task.num_beams = int(saved.get("num_beams", 1))
-    if task.max_new_tokens is None:
-        task.max_new_tokens = int(saved.get("max_new_tokens", task.default_max_new_tokens))
+@dataclass(frozen=True)
+class Generation:
+    """How a generative task decodes: beam size and the longest output (``state["generation"]``)."""
+
+    num_beams: int
+    max_new_tokens: int
+
+    @classmethod
+    def resolve(cls, num_beams: int | None, max_new_tokens: int | None, saved: Mapping[str, Any],
+                default_max_new_tokens: int) -> Generation:
+        """Settings given to the task win; else those the model was saved with (``saved``: its state);
+        else the defaults."""
+        stored = saved.get("generation") or {}
+        beams = num_beams if num_beams is not None else stored.get("num_beams")
+        tokens = max_new_tokens if max_new_tokens is not None else stored.get("max_new_tokens")
+        return cls(num_beams=int(beams) if beams is not None else 1,
+                   max_new_tokens=int(tokens) if tokens is not None else default_max_new_tokens)
+
+    @classmethod
+    def of(cls, loaded: Loaded) -> Generation:
+        return cls(**state_entry(loaded, "generation"))
+
+    def state(self) -> dict[str, int]:
+        return asdict(self)
+
+    def kwargs(self) -> dict[str, Any]:
+        """``generate`` keyword arguments: greedy or beam search, never sampling (evaluation repeats)."""
+        return {"max_new_tokens": self.max_new_tokens, "num_beams": self.num_beams, "do_sample": False}
 
 
 def text_positions(model: nn.Module, tokenizer: Any) -> int:

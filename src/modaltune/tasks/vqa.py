@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -22,8 +22,12 @@ from torch import nn
 from modaltune.config.task_options import GenerationOptions
 from modaltune.data.rows import Row
 from modaltune.errors import ConfigError
+from modaltune.models.base import backbone_of, hf_config
 from modaltune.tasks import vl
-from modaltune.tasks.base import BackboneModel, Loaded, ModelOptions, read_meta, register
+from modaltune.tasks.base import BackboneModel, Loaded, ModelOptions, register
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 MAX_QUESTION_TOKENS = 40
 MAX_ANSWER_TOKENS = 16
@@ -40,6 +44,11 @@ def majority_answer(answers: tuple[str, ...] | list[str]) -> str:
     counts = Counter(_normalize(a) for a in answers)
     top = max(counts.values())
     return next(a for a in answers if counts[_normalize(a)] == top)
+
+
+def _row_answers(row: Row) -> tuple[str, ...]:
+    """A row's annotator answers; none for a question asked without them (prediction)."""
+    return tuple(row.answers or ())
 
 
 def soft_scores(answers: tuple[str, ...] | list[str]) -> dict[str, float]:
@@ -65,11 +74,12 @@ class VqaTask(vl.StackedBlocksTask):
         vl.check_generation(num_beams, max_new_tokens)
         #: Normalised answers of the training data, merged into a classifier's vocabulary.
         self.train_answers = list(train_answers) if train_answers else []
+        # The user's generation settings; None: those the model was saved with, else the defaults.
         self.num_beams = num_beams
         self.max_new_tokens = max_new_tokens
         self.options = options
-        self.mode: str | None = None  # "classifier" | "blip" | "prefix-lm", known once a model is loaded
-        self.answers: list[str] | None = None  # classifier vocabulary, id order
+        # What a loaded model adds (its head mode, the classifier's answer vocabulary in id order, the
+        # resolved generation settings) is that model's ``Loaded.state``, never this object's.
 
     @classmethod
     def options_from_rows(cls, rows: list[Row]) -> dict[str, Any]:
@@ -84,67 +94,27 @@ class VqaTask(vl.StackedBlocksTask):
         backbone, processor = vl.load_pretrained(source, self.auto_classes, scratch=scratch,
                                                  trust_remote_code=trust_remote_code, task=self.name,
                                                  options=options)
-        model = vl.unwrap(backbone)
-        if hasattr(model, "classifier") and not model.can_generate():
-            self.mode = "classifier"
-            self._merge_vocabulary(model)
-        elif model.config.model_type == "blip" and hasattr(model, "text_encoder"):
-            self.mode = "blip"
-        elif model.can_generate():
-            self.mode = "prefix-lm"
-        else:
-            raise ConfigError(f"model {source!r} ({type(model).__name__}) neither classifies answers nor "
-                              "generates text; vqa supports ViLT-style classifiers and image-text generators")
-        vl.generation_options(self, read_meta(Path(source)) if Path(source).is_dir() else None)
-        if self.mode != "classifier":
-            vl.check_generation_room(backbone, processor.tokenizer, self.max_new_tokens)
-        return Loaded(model=BackboneModel(backbone), processor=processor, meta=self._meta())
+        model = vl.hf_model(backbone)
+        mode = _mode_of(model, source)
+        # A saved model's vocabulary is its config's labels (the training answers already among them).
+        state: dict[str, Any] = {"mode": mode}
+        if mode == "classifier":
+            state["answers"] = _merge_vocabulary(model, self.train_answers)
+        generation = self._generation(vl.saved_state(source))
+        state["generation"] = generation.state()
+        if mode != "classifier":
+            vl.check_generation_room(backbone, processor.tokenizer, generation.max_new_tokens)
+        return Loaded(model=BackboneModel(backbone), processor=processor, state=state)
 
-    def _meta(self) -> dict[str, Any]:
-        return {"mode": self.mode, "answers": self.answers}
-
-    @torch.no_grad()
-    def _merge_vocabulary(self, model: nn.Module) -> None:
-        """The model's answers, then the training answers it lacks, as new rows of the last layer."""
-        labels = [model.config.id2label[i] for i in range(len(model.config.id2label))]
-        known = {_normalize(label) for label in labels}
-        new = [a for a in self.train_answers if a not in known]
-        self.answers = labels + new
-        if not new:
-            return
-        last = model.classifier[-1] if isinstance(model.classifier, nn.Sequential) else model.classifier
-        if not isinstance(last, nn.Linear):
-            raise ConfigError(f"{type(model).__name__}: the answer classifier does not end in a linear layer, "
-                              "so new answers cannot be added")
-        grown = nn.Linear(last.in_features, len(self.answers), device=last.weight.device, dtype=last.weight.dtype)
-        std = getattr(model.config, "initializer_range", 0.02)
-        grown.weight.normal_(0.0, std)
-        grown.weight[: last.out_features] = last.weight
-        # New answers start as likely as the average known one, not at sigmoid(0) = 0.5 above all of them.
-        grown.bias.fill_(float(last.bias.mean()))
-        grown.bias[: last.out_features] = last.bias
-        if isinstance(model.classifier, nn.Sequential):
-            model.classifier[-1] = grown
-        else:
-            model.classifier = grown
-        model.config.id2label = dict(enumerate(self.answers))
-        model.config.label2id = {a: i for i, a in enumerate(self.answers)}
-        model.config.num_labels = len(self.answers)
-
-    def _answer_index(self) -> dict[str, int]:
-        """Normalised answer -> class id (a model label written "Red" is the answer "red")."""
-        index: dict[str, int] = {}
-        for i, answer in enumerate(self.answers):
-            index.setdefault(_normalize(answer), i)
-        return index
+    def _generation(self, saved: dict[str, Any]) -> vl.Generation:
+        return vl.Generation.resolve(self.num_beams, self.max_new_tokens, saved, self.default_max_new_tokens)
 
     def attach(self, other: Loaded) -> Loaded:
-        self.mode, self.answers = other.meta.get("mode"), other.meta.get("answers")
-        vl.generation_options(self, None)
-        return Loaded(model=other.model, processor=other.processor, meta=dict(other.meta))
-
-    def save(self, loaded: Loaded, directory: Path) -> None:
-        self.save_with_meta(loaded, directory, {"mode": self.mode})
+        # The other model's head (mode and vocabulary) with this task's generation settings, else the defaults.
+        state: dict[str, Any] = {key: other.state[key] for key in ("mode", "answers") if key in other.state}
+        state["generation"] = self._generation({}).state()
+        return Loaded(model=other.model, processor=other.processor, meta=dict(other.meta),
+                      media_options=dict(other.media_options), state=state)
 
     # ---- data --------------------------------------------------------------------------------
 
@@ -152,14 +122,16 @@ class VqaTask(vl.StackedBlocksTask):
         processor = loaded.processor
         images = [media["image"] for _, media in items]
         questions = [row.question or "" for row, _ in items]
-        answers = [row.answers for row, _ in items]
+        answers = [_row_answers(row) for row, _ in items]
         labelled = all(answers)
-        positions = vl.text_positions(loaded.model.backbone, processor.tokenizer)
+        backbone = backbone_of(loaded.model)
+        mode = _mode(loaded)
+        positions = vl.text_positions(backbone, processor.tokenizer)
         answer_limit = min(MAX_ANSWER_TOKENS, positions // 4)
-        if self.mode == "prefix-lm":
+        if mode == "prefix-lm":
             # Question and answer share the positions: leave the answer (and start/end tokens) room.
             question_limit = min(MAX_QUESTION_TOKENS, positions - answer_limit - 2)
-            tokens = vl.special_tokens(loaded.model.backbone, processor.tokenizer)
+            tokens = vl.special_tokens(backbone, processor.tokenizer)
             prompts = [[tokens.bos] + ids for ids in vl.text_ids(processor.tokenizer, questions, question_limit)]
             targets = None
             if labelled:
@@ -170,16 +142,17 @@ class VqaTask(vl.StackedBlocksTask):
             return batch
         batch = dict(processor(images=images, text=questions, padding="longest", truncation=True,
                                max_length=min(MAX_QUESTION_TOKENS, positions), return_tensors="pt"))
-        if labelled and self.mode == "classifier":
-            index = self._answer_index()
-            soft = torch.zeros(len(items), len(self.answers))
+        if labelled and mode == "classifier":
+            vocabulary = _answers(loaded)
+            index = _answer_index(vocabulary)
+            soft = torch.zeros(len(items), len(vocabulary))
             for i, row_answers in enumerate(answers):
                 for answer, score in soft_scores(row_answers).items():
                     if answer in index:
                         soft[i, index[answer]] = score
             batch["labels"] = soft
         elif labelled:  # BLIP: the answer decoder starts at bos and stops at [SEP]
-            tokens = vl.special_tokens(loaded.model.backbone, processor.tokenizer)
+            tokens = vl.special_tokens(backbone, processor.tokenizer)
             ids = [[tokens.bos] + t + [tokens.eos] for t in vl.text_ids(
                 processor.tokenizer, [majority_answer(a) for a in answers], answer_limit)]
             padded = vl.prefix_lm_batch(ids, None, tokens)
@@ -191,24 +164,26 @@ class VqaTask(vl.StackedBlocksTask):
     # ---- training and inference --------------------------------------------------------------
 
     def loss(self, loaded: Loaded, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return loaded.model.backbone(**batch).loss
+        return backbone_of(loaded.model)(**batch).loss
 
     def outputs(self, loaded: Loaded, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        backbone = loaded.model.backbone
-        model = vl.unwrap(backbone)
+        backbone = backbone_of(loaded.model)
+        model = vl.hf_model(backbone)
+        mode = _mode(loaded)
         pixel_values = batch["pixel_values"]
-        if self.mode == "classifier":
+        if mode == "classifier":
             inputs = {k: v for k, v in batch.items() if k != "labels"}
-            pooled = model.vilt(**inputs).pooler_output if hasattr(model, "vilt") else None
+            pooled = model.get_submodule("vilt")(**inputs).pooler_output if hasattr(model, "vilt") else None
             if pooled is None:
                 return {"logits": backbone(**inputs).logits.float(),
                         "image_embeds": vl.image_embedding(backbone, pixel_values)}
-            return {"logits": model.classifier(pooled).float(), "image_embeds": pooled.float()}
-        kwargs = {"max_new_tokens": self.max_new_tokens, "num_beams": self.num_beams, "do_sample": False}
-        width = self.max_new_tokens + 1
-        if self.mode == "blip":
-            generated = backbone.generate(input_ids=batch["input_ids"], pixel_values=pixel_values,
-                                          attention_mask=batch["attention_mask"], **kwargs)
+            return {"logits": model.get_submodule("classifier")(pooled).float(), "image_embeds": pooled.float()}
+        generation = vl.Generation.of(loaded)
+        kwargs = generation.kwargs()
+        width = generation.max_new_tokens + 1
+        if mode == "blip":
+            generated = vl.generate(backbone, input_ids=batch["input_ids"], pixel_values=pixel_values,
+                                    attention_mask=batch["attention_mask"], **kwargs)
             sequences = [seq[1:] for seq in generated]  # drop the decoder's start token
         else:
             sequences = self._generate_after_prompts(backbone, batch, kwargs)
@@ -226,38 +201,39 @@ class VqaTask(vl.StackedBlocksTask):
             rows = [i for i, n in enumerate(lengths) if n == length]
             ids = batch["input_ids"][rows, :length]
             room = vl.text_positions(backbone, None) - length  # a long question leaves less room
-            out = backbone.generate(pixel_values=batch["pixel_values"][rows], input_ids=ids,
-                                    attention_mask=torch.ones_like(ids),
-                                    **{**kwargs, "max_new_tokens": max(1, min(kwargs["max_new_tokens"], room))})
+            out = vl.generate(backbone, pixel_values=batch["pixel_values"][rows], input_ids=ids,
+                              attention_mask=torch.ones_like(ids),
+                              **{**kwargs, "max_new_tokens": max(1, min(kwargs["max_new_tokens"], room))})
             for i, seq in zip(rows, out):
                 sequences[i] = seq[length:]
         return sequences
 
     def answers_of(self, loaded: Loaded, outputs: dict[str, torch.Tensor]) -> list[str]:
-        if self.mode == "classifier":
+        if _mode(loaded) == "classifier":
             from modaltune.metrics import top_indices
 
+            vocabulary = _answers(loaded)
             # The same ranking as predict()'s list, so its first answer is the one scored here.
-            return [self.answers[i] for i in top_indices(outputs["logits"].float(), 1)[:, 0].tolist()]
-        tokens = vl.special_tokens(loaded.model.backbone, loaded.processor.tokenizer)
+            return [vocabulary[i] for i in top_indices(outputs["logits"].float(), 1)[:, 0].tolist()]
+        tokens = vl.special_tokens(backbone_of(loaded.model), loaded.processor.tokenizer)
         return vl.decode(loaded.processor.tokenizer, outputs["generated"], tokens)
 
     def evaluate(self, loaded: Loaded, outputs: dict[str, torch.Tensor], rows: list[Row]) -> dict[str, Any]:
         from modaltune.metrics import VQA_RULE, vqa_accuracy_official, vqa_metrics
 
         predictions = self.answers_of(loaded, outputs)
-        answers = [list(r.answers) for r in rows]
+        answers = [list(_row_answers(r)) for r in rows]
         metrics: dict[str, Any] = vqa_metrics(predictions, answers)
         # Percent with 2 decimals, rounded as the official script reports it.
         metrics["vqa_accuracy_official"] = vqa_accuracy_official(predictions, answers)
         metrics["vqa_rule"] = VQA_RULE
-        if self.mode == "classifier":
-            vocabulary = set(self._answer_index())
-            unknown = sum(1 for r in rows if not any(_normalize(a) in vocabulary for a in r.answers))
+        if _mode(loaded) == "classifier":
+            vocabulary = set(_answer_index(_answers(loaded)))
+            unknown = sum(1 for r in rows if not any(_normalize(a) in vocabulary for a in _row_answers(r)))
             # Questions whose every answer is outside the vocabulary: no prediction can score on them.
             metrics["unknown_answer_rate"] = round(unknown / max(1, len(rows)), 6)
         metrics["samples"] = [{"id": r.id, "image": str(r.image), "question": r.question, "prediction": p,
-                               "references": list(dict.fromkeys(r.answers))}
+                               "references": list(dict.fromkeys(_row_answers(r)))}
                               for r, p in list(zip(rows, predictions))[:8]]
         return metrics
 
@@ -265,16 +241,17 @@ class VqaTask(vl.StackedBlocksTask):
         from modaltune.metrics import top_indices
 
         answers = self.answers_of(loaded, outputs)
+        vocabulary = _answers(loaded) if _mode(loaded) == "classifier" else None
         results = []
         for i, (row, answer) in enumerate(zip(rows, answers)):
             result: dict[str, Any] = {"input": row.id, "question": row.question, "answer": answer}
-            if self.mode == "classifier":
+            if vocabulary is not None:
                 logits = outputs["logits"][i].float()
                 probs = logits.sigmoid()
                 # Ranked by the logits (sigmoid saturates to equal scores) with answers_of's rule.
-                top = top_indices(logits, min(5, len(self.answers))).tolist()
+                top = top_indices(logits, min(5, len(vocabulary))).tolist()
                 result["score"] = round(float(probs[top[0]]), 6)
-                result["top"] = [{"answer": self.answers[j], "score": round(float(probs[j]), 6)} for j in top]
+                result["top"] = [{"answer": vocabulary[j], "score": round(float(probs[j]), 6)} for j in top]
             results.append(result)
         return results
 
@@ -285,16 +262,89 @@ class VqaTask(vl.StackedBlocksTask):
 
         if not rows:
             return 0.0
-        common = Counter(_normalize(majority_answer(r.answers)) for r in rows).most_common(1)[0][0]
-        return float(vqa_metrics([common] * len(rows), [list(r.answers) for r in rows])["vqa_accuracy"])
+        common = Counter(_normalize(majority_answer(_row_answers(r))) for r in rows).most_common(1)[0][0]
+        return float(vqa_metrics([common] * len(rows), [list(_row_answers(r)) for r in rows])["vqa_accuracy"])
 
     # ---- strategies --------------------------------------------------------------------------
 
     def probe_parameters(self, loaded: Loaded) -> list[str]:
-        if self.mode == "classifier":
+        if _mode(loaded) == "classifier":
             return ["backbone.classifier."]
-        return vl.output_head_prefixes(loaded.model.backbone)
+        return vl.output_head_prefixes(backbone_of(loaded.model))
 
     def lora_modules_to_save(self, loaded: Loaded) -> list[str]:
         """A classifier's answer head trains beside the adapters: new answers have no other weights."""
-        return ["classifier"] if self.mode == "classifier" else []
+        return ["classifier"] if _mode(loaded) == "classifier" else []
+
+
+# ---- the head a model has, and its state ----------------------------------------------------------
+
+#: How a model answers: "classifier" (scores a fixed vocabulary), "blip" (BLIP's question encoder and
+#: answer decoder) or "prefix-lm" (continues the question with the answer).
+MODES = ("classifier", "blip", "prefix-lm")
+
+
+def _mode_of(model: PreTrainedModel, source: str | Path) -> str:
+    """The head ``model`` answers with, read from its structure."""
+    if hasattr(model, "classifier") and not model.can_generate():
+        return "classifier"
+    if hf_config(model).model_type == "blip" and hasattr(model, "text_encoder"):
+        return "blip"
+    if model.can_generate():
+        return "prefix-lm"
+    raise ConfigError(f"model {source!r} ({type(model).__name__}) neither classifies answers nor "
+                      "generates text; vqa supports ViLT-style classifiers and image-text generators")
+
+
+def _mode(loaded: Loaded) -> str:
+    mode = vl.state_entry(loaded, "mode")
+    if mode not in MODES:
+        raise ConfigError(f"unknown vqa head mode {mode!r} in the model's task state; expected one of {MODES}")
+    return str(mode)
+
+
+def _answers(loaded: Loaded) -> list[str]:
+    """A classifier's answer vocabulary, in class-id order."""
+    return list(vl.state_entry(loaded, "answers"))
+
+
+def _answer_index(answers: list[str]) -> dict[str, int]:
+    """Normalised answer -> class id (a model label written "Red" is the answer "red")."""
+    index: dict[str, int] = {}
+    for i, answer in enumerate(answers):
+        index.setdefault(_normalize(answer), i)
+    return index
+
+
+@torch.no_grad()
+def _merge_vocabulary(model: PreTrainedModel, train_answers: list[str]) -> list[str]:
+    """The vocabulary of ``model``'s classifier: its answers, then the training answers it lacks,
+    which get new rows of the last layer (``model`` and its config grow in place)."""
+    config = hf_config(model)
+    # Labels in id order (transformers gives id2label int keys; a hand-written config may have strings).
+    labels = [label for _, label in sorted((int(i), str(label)) for i, label in (config.id2label or {}).items())]
+    known = {_normalize(label) for label in labels}
+    new = [a for a in train_answers if a not in known]
+    answers = labels + new
+    if not new:
+        return answers
+    classifier = model.get_submodule("classifier")
+    last = classifier[-1] if isinstance(classifier, nn.Sequential) else classifier
+    if not isinstance(last, nn.Linear):
+        raise ConfigError(f"{type(model).__name__}: the answer classifier does not end in a linear layer, "
+                          "so new answers cannot be added")
+    grown = nn.Linear(last.in_features, len(answers), device=last.weight.device, dtype=last.weight.dtype)
+    std = getattr(config, "initializer_range", 0.02)
+    grown.weight.normal_(0.0, std)
+    grown.weight[: last.out_features] = last.weight
+    # New answers start as likely as the average known one, not at sigmoid(0) = 0.5 above all of them.
+    grown.bias.fill_(float(last.bias.mean()))
+    grown.bias[: last.out_features] = last.bias
+    if isinstance(classifier, nn.Sequential):
+        classifier[-1] = grown
+    else:
+        model.set_submodule("classifier", grown)
+    config.id2label = dict(enumerate(answers))
+    config.label2id = {a: i for i, a in enumerate(answers)}
+    config.num_labels = len(answers)
+    return answers
