@@ -300,7 +300,10 @@ def test_empty_text_and_extra_required_fields():
         Row(id="r3", text="ok", extra={"speaker": "ann"}),
         Row(id="r4", text="ok"),
     ]
-    good, bad = validate_rows(rows, require=("text", "speaker"))
+    # A field no reader registered is read from the manifest column of its name (kept in extra).
+    from modaltune.data.fields import Field
+
+    good, bad = validate_rows(rows, require=("text", Field("speaker")))
     assert [r.id for r in good] == ["r3"]
     assert [(b.id, b.reason) for b in bad] == [
         ("r1", "empty_text"),
@@ -323,7 +326,9 @@ def test_question_and_answers_are_row_fields_with_their_own_reasons():
     assert [(b.id, b.reason) for b in bad] == [
         ("q1", "empty_question"), ("q2", "empty_answer"), ("q3", "missing_field"), ("q4", "empty_answer")]
     assert "answer or answers" in bad[2].detail
-    _, bad = validate_rows(rows[5:], require=("text",), field_names={"text": "caption"})
+    from modaltune.data.fields import TEXT
+
+    _, bad = validate_rows(rows[5:], require=(TEXT.named("caption", "empty_caption"),))
     assert [(b.reason, b.detail) for b in bad] == [("empty_caption", "'caption' is empty")]
 
 

@@ -244,3 +244,42 @@ def test_augment_fallback_center_crop_for_extreme_aspect():
 def test_augment_rejects_bad_arguments():
     with pytest.raises(ValueError):
         augment_image(_noise(), random.Random(0), scale=(0.0, 1.0))
+
+
+def test_augmentation_moves_an_image_coordinate_target_with_the_pixels():
+    """A field of image coordinates (a box, as detection will register) is moved by the same crop,
+    resize and flip as the pixels: the white rectangle is found where the moved box says."""
+    from dataclasses import dataclass
+
+    from modaltune.data.augment import Geometry, augment_example
+    from modaltune.data.fields import Field, register_field
+    from modaltune.data.rows import Example
+
+    @dataclass(frozen=True)
+    class MarkerBox(Field):
+        def transform(self, value, geometry: Geometry):
+            return geometry.map_box(value)
+
+    register_field(MarkerBox("marker_box_for_test"))
+    img = Image.new("RGB", (96, 64), (0, 0, 0))
+    box = (30, 20, 60, 44)  # x0, y0, x1, y1
+    img.paste((255, 255, 255), box)
+    example = Example("e", marker_box_for_test=box, label="thing")
+    kept = 0
+    sides = set()
+    for seed in range(40):
+        moved, media = augment_example(example, {"image": img}, random.Random(seed))
+        assert moved.label == "thing" and example.marker_box_for_test == box  # the input is untouched
+        # the same draws as the plain image augmentation (exact resume depends on it)
+        assert media["image"].tobytes() == augment_image(img, random.Random(seed)).tobytes()
+        white = np.argwhere(np.asarray(media["image"].convert("L")) > 127)
+        target = moved.marker_box_for_test
+        if target is None:  # the crop missed the rectangle entirely
+            assert len(white) == 0
+            continue
+        kept += 1
+        (y0, x0), (y1, x1) = white.min(0), white.max(0) + 1
+        # bilinear resampling blurs edges by about one source pixel, scaled up by the resize
+        assert np.allclose((x0, y0, x1, y1), target, atol=3.0), (seed, (x0, y0, x1, y1), target)
+        sides.add((target[0] + target[2]) / 2 > 48)  # the rectangle sits left of centre until mirrored
+    assert kept >= 30 and sides == {True, False}

@@ -79,4 +79,5 @@ def test_the_contract_is_enforced_and_optional_members_have_defaults() -> None:
         Incomplete()  # type: ignore[abstract]
     classify = task_class("classify")
     assert classify.options_from_rows([]) == {}
-    assert classify.field_names == {} and task_class("caption").field_names == {"text": "caption"}
+    caption_text = task_class("caption").fields[1]
+    assert (caption_text.name, caption_text.shown, caption_text.empty_reason) == ("text", "caption", "empty_caption")

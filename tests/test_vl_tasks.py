@@ -15,7 +15,7 @@ from modaltune.api import evaluate, load_model, predict, train
 from modaltune.config import build_config
 from modaltune.data import load_dataset
 from modaltune.errors import ConfigError, DataError
-from modaltune.tasks.base import create_task
+from modaltune.tasks.base import create_task, task_class
 from modaltune.tasks.vqa import majority_answer, soft_scores
 
 
@@ -62,7 +62,7 @@ def test_vqa_and_caption_reason_codes(tmp_path):
                                               "bad_json"]
     caption = _write_jsonl(tmp_path / "cap.jsonl", [{"image": img, "text": ""}, {"image": img, "text": "a dog"}])
     with pytest.raises(DataError, match="empty_caption"):
-        load_dataset(caption, require=("image", "text"), field_names={"text": "caption"})
+        load_dataset(caption, require=task_class("caption").fields)
 
 
 def test_coco_captions_json_gives_one_row_per_caption(tmp_path):
@@ -265,7 +265,8 @@ def test_model_labels_written_differently_still_receive_their_answers(tmp_path, 
     from modaltune.data.rows import Row
 
     image = Image.new("RGB", (32, 32))
-    batch = task.collate(loaded, [(Row(id="a", question="what colour?", answers=("red", "red", "blue")), {"image": image})])
+    row = Row(id="a", question="what colour?", answers=("red", "red", "blue"))
+    batch = task.collate(loaded, [(row, {"image": image})])
     assert batch["labels"].tolist() == [[0.0, pytest.approx(2 / 3), pytest.approx(1 / 3)]]
 
 

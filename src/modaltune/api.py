@@ -38,8 +38,8 @@ def _load(path: str | Path, task_cls: Any, *, split: str | None, known: set[str]
           ) -> tuple[list[Row], DataReport]:
     from modaltune.data import load_dataset
 
-    return load_dataset(path, require=task_cls.required, split=split, known_labels=known, skip_bad=skip_bad,
-                        field_names=task_cls.field_names, data_format=data_format,
+    return load_dataset(path, require=task_cls.fields, split=split, known_labels=known, skip_bad=skip_bad,
+                        data_format=data_format,
                         max_audio_seconds=max_audio_seconds)
 
 
@@ -471,20 +471,33 @@ def _eval_rows(model_or_run: str | Path, data: str | Path | None, *, task: str |
 def predict(model_or_run: str | Path, inputs: Sequence[str | Path], *, task: str | None = None,
             labels: list[str] | None = None, texts: list[str] | None = None, question: str | None = None,
             num_beams: int | None = None, max_new_tokens: int | None = None) -> list[dict]:
-    """Predictions for image files, one dict per input (label + top-k, ranked texts, a caption, or the
-    answer to ``question``)."""
-    from modaltune.data import MediaError, load_image
+    """Predictions for media files (images, audio clips: whatever the model takes), one dict per input
+    (label + top-k, ranked texts, a caption, or the answer to ``question``). Each file is checked by
+    the decoder of its kind first, so a bad one is named with its reason code."""
+    from modaltune.data.fields import media_kinds, needs
+    from modaltune.data.media import MediaError, get_decoder, media_kind
+    from modaltune.data.media.base import require_nonempty_file
     from modaltune.inference import predict_rows
 
     rows = []
-    for item in inputs:
+    for item in inputs:  # before the model loads: a bad file is found in milliseconds
+        kind = media_kind(Path(item))
         try:
-            load_image(Path(item))
+            if kind is None:
+                require_nonempty_file(Path(item))
+                raise MediaError("unsupported_file", f"{item} is not an image or audio file this tool can read")
+            get_decoder(kind).check(Path(item))
         except MediaError as exc:
-            raise DataError(f"{item}: {exc.reason}: {exc}") from None
-        rows.append(Row(id=str(item), image=Path(item), question=question))
+            raise DataError(f"{item}: {exc.reason}: {exc.detail}") from None
+        rows.append(Row(id=str(item), media={kind: Path(item)}, question=question))
     instance, loaded = load_model(model_or_run, task=task, labels=labels, texts=texts, num_beams=num_beams,
                                   max_new_tokens=max_new_tokens)
-    if "question" in getattr(instance, "required", ()) and not (question and question.strip()):
+    taken = media_kinds(instance.fields)
+    for row in rows:
+        wrong = [kind for kind in row.media if kind not in taken]
+        if wrong:
+            raise DataError(f"{row.id} is an {wrong[0]} file, but task {instance.name} takes "
+                            f"{' or '.join(taken)} files")
+    if needs(instance.fields, "question") and not (question and question.strip()):
         raise ConfigError(f"task {instance.name} answers a question about each image: pass --question \"...\"")
     return predict_rows(instance, loaded, rows)

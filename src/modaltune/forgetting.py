@@ -75,8 +75,7 @@ def infer_old_task_type(data: str | Path, target: type[Task], explicit: str | No
         raise DataError(f"old-task data {data} has no readable rows")
     ordered = [target.name] + [c for c in candidates if c != target.name]
     for name in ordered:
-        needed = task_class(name).required
-        if all(getattr(rows[0], f, None) is not None for f in needed):
+        if all(f.present(rows[0]) for f in task_class(name).fields):
             return name
     raise DataError(
         f"old-task data {data} does not fit any task of the {family!r} family ({', '.join(candidates)}): "
@@ -96,8 +95,7 @@ def load_old_task(data: str | Path, target: type, *, explicit: str | None = None
     split = next((s for s in order if s in splits), None)
     if split is None and splits:
         split = next(iter(splits))
-    rows, _ = load_dataset(data, require=cls.required, split=split, skip_bad=skip_bad,
-                           field_names=cls.field_names)
+    rows, _ = load_dataset(data, require=cls.fields, split=split, skip_bad=skip_bad)
     options: dict[str, Any] = {}
     if cls.uses_labels:
         options["labels"] = sorted({r.label for r in rows})

@@ -30,7 +30,8 @@ def compute_outputs(
     parts: dict[str, list[torch.Tensor]] = {}
     batches = chunk([(0, i) for i in range(len(rows))], batch_size)
     try:
-        for batch in loader(MediaDataset(rows, media_options=loaded.media_options), batches, lambda items: task.collate(loaded, items), workers=workers):
+        dataset = MediaDataset(rows, media_options=loaded.media_options)
+        for batch in loader(dataset, batches, lambda items: task.collate(loaded, items), workers=workers):
             batch = {k: v.to(device) for k, v in batch.items()}
             with autocast() if autocast is not None else nullcontext():
                 out = task.outputs(loaded, batch)

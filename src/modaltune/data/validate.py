@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterable
-from dataclasses import dataclass, field, fields
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from modaltune.data.media import DEFAULT_MAX_PIXELS, MediaError, get_decoder, load_image
+from modaltune.data.fields import Field, as_fields, describe
+from modaltune.data.media import DEFAULT_MAX_PIXELS, MediaError, get_decoder
 from modaltune.data.readers import read_rows
 from modaltune.data.rows import BadRow, Row
 from modaltune.errors import DataError
@@ -43,8 +44,6 @@ REASONS: dict[str, str] = {
     "unsupported_file": "a file or folder that is not part of a supported layout",
 }
 
-_ROW_FIELDS = {f.name for f in fields(Row)} - {"id", "extra"}
-
 #: Longest audio clip accepted by default, in seconds (``--max-audio-seconds``). Covers the common
 #: sets with room to spare (ESC-50 5 s, AudioSet/AudioCaps 10 s, Clotho 15-30 s) while an hour-long
 #: recording dropped into a folder by mistake is caught from its header before anything decodes it.
@@ -55,25 +54,28 @@ DEFAULT_MAX_AUDIO_SECONDS = 60.0
 def validate_rows(
     rows: Iterable[Row],
     *,
-    require: tuple[str, ...],
+    require: Sequence[Field | str],
     known_labels: set[str] | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
-    field_names: dict[str, str] | None = None,
     max_audio_seconds: float | None = DEFAULT_MAX_AUDIO_SECONDS,
 ) -> tuple[list[Row], list[BadRow]]:
     """Split ``rows`` into usable rows and `BadRow`s (one per row: the first problem found).
 
-    Cheap checks run first so a row with an empty label is not decoded. Every image is fully
-    decoded once here, so a corrupt file is found before training rather than in epoch 3. Audio is
-    checked by the audio decoder's `check`: from the header (format, frame count, length against
-    ``max_audio_seconds``; None: no limit) and the last frame, without decoding the whole clip.
-    ``field_names`` renames fields for the task's messages and reason codes (captioning calls its
-    ``text`` a caption: an empty one is ``empty_caption``).
+    ``require`` is the task's fields (`data.fields`; plain names mean the registered fields): each
+    field says whether the row has it and whether it is empty, with its own reason code. Cheap checks
+    run first so a row with an empty label is not decoded. Then every media reference is checked by
+    the decoder of its kind: an image is fully decoded once here, so a corrupt file is found before
+    training rather than in epoch 3; audio from its header (format, frame count, length against
+    ``max_audio_seconds``; None: no limit) and its last frame, without decoding the whole clip.
+    A task names its fields as it calls them (``TEXT.named("caption", "empty_caption")``: an empty
+    caption is reported as ``empty_caption``).
     """
+    fields = as_fields(require)
+    options = {"max_pixels": max_pixels, "max_seconds": max_audio_seconds}
     good: list[Row] = []
     bad: list[BadRow] = []
     for row in rows:
-        problem = _check_row(row, require, known_labels, max_pixels, max_audio_seconds, field_names or {})
+        problem = _check_row(row, fields, known_labels, options)
         if problem is None:
             good.append(row)
         else:
@@ -81,44 +83,23 @@ def validate_rows(
     return good, bad
 
 
-_EMPTY_REASONS = {"label": "empty_label", "text": "empty_text", "caption": "empty_caption",
-                  "question": "empty_question", "answers": "empty_answer"}
-
-
-def _check_row(
-    row: Row,
-    require: tuple[str, ...],
-    known_labels: set[str] | None,
-    max_pixels: int,
-    max_audio_seconds: float | None,
-    names: dict[str, str],
-) -> BadRow | None:
-    for name in require:
-        value = getattr(row, name) if name in _ROW_FIELDS else row.extra.get(name)
-        shown = names.get(name, name)
-        if value is None:
-            wanted = ", ".join(names.get(n, n) for n in require)
-            hint = " (column answer or answers)" if name == "answers" else ""
-            return BadRow(row.id, "missing_field", f"no {shown!r} value{hint}; this task needs {wanted}")
-        empty = not value.strip() if isinstance(value, str) else (
-            isinstance(value, tuple) and (not value or any(not str(v).strip() for v in value)))
-        if empty:
-            reason = _EMPTY_REASONS.get(shown, _EMPTY_REASONS.get(name, "missing_field"))
-            what = "no answer is given" if name == "answers" and not value else f"{shown!r} is empty"
-            return BadRow(row.id, reason, what)
+def _check_row(row: Row, fields: tuple[Field, ...], known_labels: set[str] | None,
+               options: dict[str, Any]) -> BadRow | None:
+    for f in fields:
+        problem = f.problem(row)
+        if problem is not None:
+            detail = problem.detail
+            if problem.reason == "missing_field":
+                detail += f"; this task needs {describe(fields)}"
+            return BadRow(row.id, problem.reason, detail)
     if known_labels is not None and row.label is not None and row.label not in known_labels:
         known = ", ".join(sorted(known_labels)[:10]) + (", …" if len(known_labels) > 10 else "")
         return BadRow(
             row.id, "unknown_label", f"label {row.label!r} is not one of the known labels ({known})"
         )
-    if row.image is not None:
+    for kind, path in row.media.items():
         try:
-            load_image(row.image, max_pixels=max_pixels)
-        except MediaError as exc:
-            return BadRow(row.id, exc.reason, exc.detail)
-    if row.audio is not None:
-        try:
-            get_decoder("audio").check(row.audio, max_seconds=max_audio_seconds)
+            get_decoder(kind).check(path, **options)
         except MediaError as exc:
             return BadRow(row.id, exc.reason, exc.detail)
     return None
@@ -166,12 +147,11 @@ class DataReport:
 def load_dataset(
     path: str | Path,
     *,
-    require: tuple[str, ...],
+    require: Sequence[Field | str],
     split: str | None = None,
     known_labels: set[str] | None = None,
     skip_bad: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
-    field_names: dict[str, str] | None = None,
     data_format: str | None = None,
     max_audio_seconds: float | None = DEFAULT_MAX_AUDIO_SECONDS,
 ) -> tuple[list[Row], DataReport]:
@@ -183,7 +163,7 @@ def load_dataset(
     """
     rows, format_bad, _root = read_rows(path, split=split, require=require, data_format=data_format)
     good, media_bad = validate_rows(rows, require=require, known_labels=known_labels, max_pixels=max_pixels,
-                                    field_names=field_names, max_audio_seconds=max_audio_seconds)
+                                    max_audio_seconds=max_audio_seconds)
     # Back in file order (format-level problems were found in an earlier pass than media ones).
     bad = sorted(format_bad + media_bad, key=lambda b: _natural_key(b.id))
     source = str(Path(path)) + (f" (split {split})" if split else "")

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
+from modaltune.data.fields import Field
 from modaltune.data.rows import Row
 from modaltune.errors import ConfigError, ModaltuneError
 
@@ -85,8 +86,10 @@ class Task(ABC):
     name: ClassVar[str]
     #: Tasks of one family share a backbone type, so one can be attached to another's model.
     family: ClassVar[str]
-    #: Row fields every example must have (checked by data validation before anything runs).
-    required: ClassVar[tuple[str, ...]]
+    #: What the task reads from an example, as typed fields (`modaltune.data.fields`): each field
+    #: parses its manifest columns, says when a value is missing or empty (with its reason code), and
+    #: a media field names the media kinds it takes. Data validation checks them before anything runs.
+    fields: ClassVar[tuple[Field, ...]]
     #: The validation metric early stopping and model selection maximise.
     primary_metric: ClassVar[str]
     #: Whether rows carry class labels (enables label checks, balancing, stratified splits).
@@ -96,8 +99,6 @@ class Task(ABC):
     Options: ClassVar[type[BaseModel] | None] = None
     #: The ``outputs`` entry holding one embedding per example (domain-shift measurement).
     feature_output: ClassVar[str]
-    #: User-facing names of row fields, for messages and reason codes (``{"text": "caption"}``).
-    field_names: ClassVar[dict[str, str]] = {}
 
     @abstractmethod
     def load(self, source: str | Path, *, scratch: bool = False, trust_remote_code: bool = False,

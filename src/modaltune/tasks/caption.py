@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from modaltune.config.task_options import GenerationOptions
+from modaltune.data.fields import IMAGE, TEXT
 from modaltune.data.rows import Row
 from modaltune.errors import ConfigError
 from modaltune.models.base import backbone_of, hf_config
@@ -24,8 +25,7 @@ MAX_TEXT_TOKENS = 64
 @register("caption")
 class CaptionTask(vl.StackedBlocksTask):
     family = "caption"
-    required = ("image", "text")
-    field_names = {"text": "caption"}
+    fields = (IMAGE, TEXT.named("caption", "empty_caption"))
     primary_metric = "cider"
     uses_labels = False
     feature_output = "image_embeds"

@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from modaltune.config.task_options import ClassifyOptions
+from modaltune.data.fields import IMAGE_OR_AUDIO, LABEL, TEXT
 from modaltune.data.rows import Row
 from modaltune.errors import ConfigError, ModaltuneError
 from modaltune.models import adapter_for
@@ -158,7 +159,7 @@ class ClipClassifier(nn.Module):
 
 @register("classify")
 class ClassifyTask(DualEncoderTask):
-    required = ("image", "label")
+    fields = (IMAGE_OR_AUDIO, LABEL)
     primary_metric = "accuracy"
     uses_labels = True
     scopes = ("vision_model.", "visual_projection.")
@@ -356,7 +357,7 @@ class ClassifyTask(DualEncoderTask):
 
 @register("retrieve")
 class RetrieveTask(DualEncoderTask):
-    required = ("image", "text")
+    fields = (IMAGE_OR_AUDIO, TEXT)
     primary_metric = "r_mean"
     uses_labels = False
 

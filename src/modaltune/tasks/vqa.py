@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from modaltune.config.task_options import GenerationOptions
+from modaltune.data.fields import ANSWERS, IMAGE, QUESTION
 from modaltune.data.rows import Row
 from modaltune.errors import ConfigError
 from modaltune.models.base import backbone_of, hf_config
@@ -61,7 +62,7 @@ def soft_scores(answers: tuple[str, ...] | list[str]) -> dict[str, float]:
 @register("vqa")
 class VqaTask(vl.StackedBlocksTask):
     family = "vqa"
-    required = ("image", "question", "answers")
+    fields = (IMAGE, QUESTION, ANSWERS)
     primary_metric = "vqa_accuracy"
     uses_labels = False
     feature_output = "image_embeds"

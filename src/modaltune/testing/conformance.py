@@ -49,7 +49,7 @@ def make_task(task_name: str, data: str | Path, *, short_generation: bool = Fals
     from modaltune.tasks.base import create_task, task_class
 
     cls = task_class(task_name)
-    rows, _ = load_dataset(str(data), require=cls.required)
+    rows, _ = load_dataset(str(data), require=cls.fields)
     options: dict[str, Any] = {"labels": sorted({r.label for r in rows})} if cls.uses_labels else {}
     if short_generation and "max_new_tokens" in inspect.signature(cls).parameters:
         options["max_new_tokens"] = GENERATED_TOKENS

@@ -41,14 +41,14 @@ class MediaDataset(Dataset):
         return len(self.rows)
 
     def __getitem__(self, key: Key | int) -> tuple[Row, dict[str, Any]]:
-        from modaltune.data import augment_image
+        from modaltune.data.augment import augment_example
         from modaltune.data.media import get_decoder
 
         epoch, index = key if isinstance(key, tuple) else (0, key)
         row = self.rows[index]
         media = {name: get_decoder(name).load(path, **self.options) for name, path in row.media.items()}
-        if self.augment and "image" in media:
-            media["image"] = augment_image(media["image"], random.Random(f"{self.seed}:{epoch}:{index}"))
+        if self.augment:
+            row, media = augment_example(row, media, random.Random(f"{self.seed}:{epoch}:{index}"))
         return row, media
 
 

@@ -132,7 +132,8 @@ def fit(
     target_data = cached.train if cached else MediaDataset(train_rows, augment=cfg.data.augment,
                                                          seed=cfg.runtime.seed,
                                                          media_options=loaded.media_options)
-    dataset = MixedDataset(target_data, MediaDataset(replay.rows, media_options=loaded.media_options) if replay is not None else None)
+    replay_data = MediaDataset(replay.rows, media_options=loaded.media_options) if replay is not None else None
+    dataset = MixedDataset(target_data, replay_data)
     target_collate = cached.split.collate if cached else (lambda items: task.collate(loaded, items))
     target_loss = cached.split.loss if cached else (lambda batch: task.loss(loaded, batch))
 
@@ -324,7 +325,8 @@ def _feature_cache(cfg: TrainConfig, task: Task, loaded: Loaded, train_rows: Seq
         def features(rows: Sequence[Row]) -> tuple[Any, bool]:  # compute_features runs under no_grad
             return get_features(split, lambda items: task.collate(loaded, items), rows, root=root,
                                 media_options=loaded.media_options, device=device,
-                                batch_size=cfg.runtime.eval_batch_size, workers=cfg.num_workers)
+                                batch_size=cfg.runtime.eval_batch_size,
+                                workers=cfg.num_workers)
 
         train, train_hit = features(train_rows)
         val, val_hit = features(val_rows) if val_rows else (None, True)

@@ -23,9 +23,11 @@ sees all of them at once; problems with the whole input raise `DataError`. Files
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from modaltune.data.fields import Field, as_fields
 from modaltune.data.readers.base import MANIFEST_EXTENSIONS, Reader, ReadResult, Source, dict_items
 from modaltune.data.readers.coco_captions import CocoCaptionsReader
 from modaltune.data.readers.folder import (
@@ -86,7 +88,7 @@ def read_rows(
     path: str | Path,
     *,
     split: str | None = None,
-    require: tuple[str, ...] = ("image", "label"),
+    require: Sequence[Field | str] = ("image", "label"),
     data_format: str | None = None,
 ) -> ReadResult:
     """Read ``path`` into rows, format-level bad rows, and the media root (the folder paths are inside).
@@ -97,6 +99,7 @@ def read_rows(
     ``path`` (``cats/001.jpg``, ``train/pairs.jsonl:12``).
     """
     explicit = get_reader(data_format) if data_format is not None else None
+    require = as_fields(require)
     path = Path(path).expanduser()
     if not path.exists():
         raise DataError(f"Data path not found: {path}. {accepted_layouts()}")
@@ -129,7 +132,8 @@ def read_rows(
     return read_path(path, require=require, id_prefix="", reader=explicit)
 
 
-def read_path(path: Path, *, require: tuple[str, ...], id_prefix: str, reader: Reader | None = None) -> ReadResult:
+def read_path(path: Path, *, require: Sequence[Field | str], id_prefix: str,
+              reader: Reader | None = None) -> ReadResult:
     """Read one file or one (non-split) folder with ``reader``, or with the reader that sniffs it."""
     source = Source(path)
     if source.is_dir and not (reader is not None and reader.reads_folders):

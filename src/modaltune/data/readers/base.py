@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
+from modaltune.data.fields import Field
 from modaltune.data.rows import BadRow, Row
 from modaltune.errors import DataError
 
@@ -93,7 +95,7 @@ class Reader(ABC):
         """Whether ``source`` is in this layout; never raises, never judges rows."""
 
     @abstractmethod
-    def read(self, source: Source, *, require: tuple[str, ...], id_prefix: str) -> ReadResult:
+    def read(self, source: Source, *, require: Sequence[Field | str], id_prefix: str) -> ReadResult:
         """Rows, format-level bad rows and the media root; `DataError` when the whole input is unusable.
 
         ``require`` names the fields the task needs (a layout that cannot hold one raises);

@@ -7,9 +7,10 @@ Sniffed from the top-level keys: ``images`` and ``annotations`` lists whose entr
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
+from modaltune.data.fields import Field
 from modaltune.data.readers.base import Reader, ReadResult, Source, dict_items
 from modaltune.data.readers.records import LineError, rows_from_records
 from modaltune.errors import DataError
@@ -28,7 +29,7 @@ class CocoCaptionsReader(Reader):
         annotations = data["annotations"]
         return not annotations or any("caption" in a for a in dict_items(annotations))
 
-    def read(self, source: Source, *, require: tuple[str, ...], id_prefix: str) -> ReadResult:
+    def read(self, source: Source, *, require: Sequence[Field | str], id_prefix: str) -> ReadResult:
         data = source.json()
         if not _has_coco_lists(data):
             raise DataError(

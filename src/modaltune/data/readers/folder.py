@@ -13,12 +13,14 @@ Stray files and nested folders become ``unsupported_file`` rows so the user sees
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from modaltune.data.fields import Field, as_fields, describe, media_kinds, needs
 from modaltune.data.media import get_decoder
+from modaltune.data.media import media_kinds as decoder_kinds
 from modaltune.data.readers.base import Reader, ReadResult, Source, is_junk
-from modaltune.data.readers.records import MEDIA_FIELDS
 from modaltune.data.rows import BadRow, Row
 from modaltune.errors import DataError
 
@@ -46,7 +48,7 @@ class FolderReader(Reader):
     def sniff(self, source: Source) -> bool:
         return source.is_dir
 
-    def read(self, source: Source, *, require: tuple[str, ...], id_prefix: str) -> ReadResult:
+    def read(self, source: Source, *, require: Sequence[Field | str], id_prefix: str) -> ReadResult:
         if not source.is_dir:
             raise DataError(f"--data-format folder reads a folder, but {source.path} is a file.")
         return read_class_folder(source.path, require=require, id_prefix=id_prefix)
@@ -91,15 +93,16 @@ def canonical_split(split: str) -> str:
 def media_kind_by_extension(path: Path) -> str | None:
     """The media kind a Row field can hold (``image``, ``audio``) that claims ``path``'s extension."""
     suffix = path.suffix.lower()
-    for kind in MEDIA_FIELDS:
+    for kind in decoder_kinds():
         if suffix in get_decoder(kind).extensions:
             return kind
     return None
 
 
-def read_class_folder(root: Path, *, require: tuple[str, ...], id_prefix: str) -> ReadResult:
+def read_class_folder(root: Path, *, require: Sequence[Field | str], id_prefix: str) -> ReadResult:
     """``root/<label>/<file>`` → one row per media file; a flat folder too when no label is required."""
     root = root.resolve()
+    fields = as_fields(require)
     # (row id, path, label or None, media kind, None for other files, or _NESTED), in sorted order.
     entries: list[tuple[str, Path, str | None, str | None]] = []
     for entry in sorted(root.iterdir()):
@@ -114,21 +117,26 @@ def read_class_folder(root: Path, *, require: tuple[str, ...], id_prefix: str) -
                 kind = _NESTED if child.is_dir() else media_kind_by_extension(child)
                 entries.append((f"{rel}/{child.name}", child, entry.name, kind))
 
-    kinds = Counter(kind for *_, kind in entries if kind in MEDIA_FIELDS)
+    kinds = Counter(kind for *_, kind in entries if kind in _NOUNS)
     if len(kinds) > 1:
         found = "; ".join(f"{n} {_NOUNS[k][0] if n == 1 else _NOUNS[k][1]} (e.g. "
                           f"{next(rel for rel, *_, kind in entries if kind == k)})" for k, n in sorted(kinds.items()))
         raise DataError(
             f"{root} mixes media kinds: {found}. One dataset holds one kind of media; put the images "
             f"and the audio files in separate folders and use one of them.")
-    default = "audio" if "audio" in require and "image" not in require else "image"
-    kind = next(iter(kinds), default)
+    taken = media_kinds(fields)
+    kind = next(iter(kinds), taken[0] if taken else "image")
     noun, plural, placeholder, folder_words = _NOUNS[kind]
-    unsupported = [f for f in require if f not in (kind, "label")]
+    if taken and kind not in taken:
+        raise DataError(
+            f"{root} is {folder_words}, but this task reads "
+            f"{' or '.join(_NOUNS[k][1] for k in taken if k in _NOUNS)}. "
+            f"Point --data at a dataset of the task's media, or pick a task for {plural}.")
+    unsupported = [f.shown for f in fields if not (f.media or f.name == "label")]
     if unsupported:
         raise DataError(
             f"{root} is {folder_words}, which holds only {plural} and labels, but this task also needs "
-            f"{', '.join(unsupported)}. Use a .csv or .jsonl manifest with columns {', '.join(require)}."
+            f"{', '.join(unsupported)}. Use a .csv or .jsonl manifest with columns {describe(fields)}."
         )
 
     rows: list[Row] = []
@@ -149,7 +157,7 @@ def read_class_folder(root: Path, *, require: tuple[str, ...], id_prefix: str) -
         elif label is not None:
             # Symlinks are allowed here: the user assembled this folder, unlike a downloaded manifest.
             rows.append(Row(id=rel, label=label, **media))
-        elif "label" in require:
+        elif needs(fields, "label"):
             bad.append(BadRow(rel, "missing_field",
                               f"{noun} is directly in {root}, so it has no label; move it into {root}/<label>/"))
         else:  # unlabeled tasks may use a flat folder

@@ -14,10 +14,11 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from modaltune.data.fields import Field
 from modaltune.data.readers.base import Reader, ReadResult, Source, read_text
 from modaltune.data.readers.records import LineError, check_columns, rows_from_records
 from modaltune.errors import DataError
@@ -30,7 +31,7 @@ class CsvReader(Reader):
     def sniff(self, source: Source) -> bool:
         return not source.is_dir and source.suffix == ".csv"
 
-    def read(self, source: Source, *, require: tuple[str, ...], id_prefix: str) -> ReadResult:
+    def read(self, source: Source, *, require: Sequence[Field | str], id_prefix: str) -> ReadResult:
         path = source.path
         records = _csv_records(path, read_text(path), require)
         # Columns were checked on the header.
@@ -44,12 +45,13 @@ class JsonlReader(Reader):
     def sniff(self, source: Source) -> bool:
         return not source.is_dir and source.suffix == ".jsonl"
 
-    def read(self, source: Source, *, require: tuple[str, ...], id_prefix: str) -> ReadResult:
+    def read(self, source: Source, *, require: Sequence[Field | str], id_prefix: str) -> ReadResult:
         path = source.path
         return rows_from_records(_jsonl_records(read_text(path)), path=path, id_prefix=id_prefix, require=require)
 
 
-def _csv_records(path: Path, text: str, require: tuple[str, ...]) -> Iterator[tuple[int, dict[str, str] | LineError]]:
+def _csv_records(path: Path, text: str,
+                 require: Sequence[Field | str]) -> Iterator[tuple[int, dict[str, str] | LineError]]:
     """(line number, column → value) per data row; the header is line 1."""
     reader = csv.reader(io.StringIO(text, newline=""))
     try:

@@ -15,10 +15,11 @@ kept in ``Row.extra``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from modaltune.data.fields import Field, as_fields, needs
 from modaltune.data.readers.base import Reader, ReadResult, Source, dict_items
 from modaltune.data.readers.records import LineError, rows_from_records
 from modaltune.errors import DataError
@@ -57,11 +58,11 @@ class VqaReader(Reader):
         data = source.json_or_none()
         return is_questions(data) or is_annotations(data)
 
-    def read(self, source: Source, *, require: tuple[str, ...], id_prefix: str) -> ReadResult:
+    def read(self, source: Source, *, require: Sequence[Field | str], id_prefix: str) -> ReadResult:
         questions, annotations = _pair(source)
         q_data = questions.json()
         a_data = annotations.json() if annotations is not None else None
-        if a_data is None and "answers" in require:
+        if a_data is None and needs(as_fields(require), "answers"):
             raise DataError(
                 f"{questions.path} holds VQA questions, but no annotations file (with 'annotations' entries "
                 f"holding 'question_id' and 'answers') is next to it, and this task needs answers. "
