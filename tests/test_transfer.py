@@ -336,7 +336,7 @@ def test_strategy_auto_records_the_advice(tiny_clip, shape_folder, tmp_path):
     assert advice["layers"] == metrics["run"]["strategy"]["layers"] == 1
     assert "Advisor (strategy auto)" in (tmp_path / "auto" / "report.html").read_text()
     saved = (tmp_path / "auto" / "config.yaml").read_text()
-    assert "strategy: auto" in saved  # a rerun advises again
+    assert "strategy:\n  name: auto\n" in saved  # a rerun advises again
 
 
 def test_config_rejects_incoherent_forgetting_options(tiny_clip, shape_folder, tmp_path):

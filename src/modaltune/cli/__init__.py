@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from modaltune.cli.options import DOTTED, DOTTED_HELP, config_options, tasks_help
@@ -62,11 +63,13 @@ def _required(flags: dict[str, Any], dotted: dict[str, str], config: Optional[Pa
 
 def _config(config: Optional[Path], args: list[str], flags: dict[str, Any], required: tuple[str, ...]) -> Any:
     """The run config of a command: --config, then the classic flags, then --section.key overrides."""
+    from modaltune.cli.options import option_specs
     from modaltune.config import build_config, overrides_from_args
 
     dotted = overrides_from_args(args)
     _required(flags, dotted, config, *required)
-    return build_config(config, dotted=dotted, **flags)
+    names = {spec.dest: spec.decls[0].split("/")[0] for spec in option_specs().values()}
+    return build_config(config, dotted=dotted, flag_names=names, **flags)
 
 
 _CONFIG_HELP = "YAML config, nested (model:, data:, optim: …) or flat as older runs wrote it; flags override it"
@@ -261,14 +264,14 @@ def evaluate(
 @config_options(only=("num_beams", "max_new_tokens"))
 def predict(
     run_or_model: str = typer.Argument(..., help="run directory, its model/ folder, or a base model with --task"),
-    inputs: list[str] = typer.Argument(..., help="image files"),
+    inputs: list[str] = typer.Argument(..., help="media files the model takes (images, audio clips)"),
     task: Optional[str] = typer.Option(None, help=f"task for a base model: {tasks_help()}"),
     labels: Optional[str] = typer.Option(None, help="classify a base model zero-shot over these labels: a,b,c"),
     texts: Optional[str] = typer.Option(None, help="retrieve: rank these candidate texts: a,b,c"),
     question: Optional[str] = typer.Option(None, help="vqa: the question asked about every image"),
     **flags: Any,
 ) -> None:
-    """Predict for image files; one JSON object per line on stdout."""
+    """Predict for media files; one JSON object per line on stdout."""
     from modaltune.api import predict as run_predict
 
     for result in run_predict(run_or_model, inputs, task=task, labels=_split_list(labels), texts=_split_list(texts),
@@ -354,7 +357,7 @@ def main() -> None:
         if isinstance(code, int) and code:
             sys.exit(code)
     except ModaltuneError as exc:
-        console.print(f"[red]error:[/] {exc}", highlight=False)
+        console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
         sys.exit(2)
     except (typer.Abort, KeyboardInterrupt):
         console.print("aborted")

@@ -28,13 +28,15 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return loaded
 
 
-def describe(error: ValidationError, source: str, origins: Mapping[str, str]) -> str:
+def describe(error: ValidationError, source: str, names: Mapping[str, str]) -> str:
+    """One line per error: the setting's dotted path and, in brackets, how the user gave it when that
+    differs (``optim.lr [--optim.lr]``, ``data.format [--data-format]``, ``optim.lr [lr in old.yaml]``)."""
     lines = [f"invalid config ({source}):"]
     for item in error.errors():
         where = ".".join(str(p) for p in item["loc"]) or "config"
         got = f" (got {item['input']!r})" if "input" in item and item["loc"] else ""
-        origin = f" [{origins[where]}]" if where in origins else ""
         message = item["msg"].removeprefix("Value error, ")
+        origin = f" [{names[where]}]" if names.get(where, where) != where else ""
         lines.append(f"  {where}{origin}: {message}{got}")
     return "\n".join(lines)
 
@@ -46,10 +48,11 @@ def parse_value(text: Any) -> Any:
 
 
 def build_config(file: str | Path | None = None, *, dotted: Mapping[str, Any] | None = None,
-                 **overrides: Any) -> TrainConfig:
+                 flag_names: Mapping[str, str] | None = None, **overrides: Any) -> TrainConfig:
     """The run config: the YAML ``file`` (if any), then every flag in ``overrides`` that is not None
     (flat keys such as ``lr`` or dotted paths such as ``optim.lr``), then ``dotted``, the
     ``--section.key value`` options of the command line (their values parsed by :func:`parse_value`).
+    ``flag_names`` (flat key -> command-line flag) lets messages name the flag a value came from.
 
     Errors are :class:`ConfigError` naming the key, option or file."""
     loaded: dict[str, Any] = {}
@@ -61,7 +64,7 @@ def build_config(file: str | Path | None = None, *, dotted: Mapping[str, Any] | 
     dotted = {k.replace("-", "_"): parse_value(v) for k, v in (dotted or {}).items()}
     task = dotted.get("task", flags.get("task", loaded.get("task")))
     tree: dict[str, Any] = {}
-    origins: dict[str, str] = {}
+    names: dict[str, str] = {}  # dotted path -> the name the user gave it
     for layer, where in ((loaded, str(file)), (flags, "flags"), (dotted, "dotted")):
         try:
             nested = nest(layer, task)
@@ -69,13 +72,18 @@ def build_config(file: str | Path | None = None, *, dotted: Mapping[str, Any] | 
             raise ConfigError(_unknown_message(exc, where)) from None
         for key, value in layer.items():
             if not isinstance(value, Mapping):
-                origins[path_of(str(key), task)] = (
-                    {"flags": f"--{str(key).replace('_', '-')}", "dotted": f"--{key}"}.get(where, where))
+                path = path_of(str(key), task)
+                if where == "dotted":
+                    names[path] = f"--{key}"
+                elif where == "flags":
+                    names[path] = (flag_names or {}).get(str(key), f"--{str(key).replace('_', '-')}")
+                elif key != path:
+                    names[path] = f"{key} in {where}"
         merge(tree, nested)
     try:
         return config_model().model_validate(tree)
     except ValidationError as exc:
-        raise ConfigError(describe(exc, source, origins)) from None
+        raise ConfigError(describe(exc, source, names)) from None
 
 
 def _unknown_message(exc: UnknownKey, where: str) -> str:

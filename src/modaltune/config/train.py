@@ -79,7 +79,7 @@ def _suggest(key: str) -> str:
     """' did you mean ...?' for ``key`` (flat, dotted or a section), or ''."""
     flat = flat_paths()
     tasks = task_sections()
-    candidates = {**{k: v for k, v in flat.items()}, **{p: p for p in flat.values()}}
+    candidates = {**flat, **{p: p for p in flat.values()}}  # flat key or dotted path -> dotted path
     for task, options in tasks.items():
         for field in options.model_fields:
             candidates[f"{task}.{field}"] = f"{task}.{field}"
