@@ -12,7 +12,10 @@ import os
 import signal
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+from torch import nn
 
 from modaltune.trainer import checkpoint as ckpt
 
@@ -32,6 +35,8 @@ class Event:
     checkpoint: bool = False  # write a checkpoint after this step even if none is due
     exit_code: int | None = None  # leave the process with this code once the checkpoint is written
     metrics: dict[str, Any] = field(default_factory=dict)
+    finished: bool = False  # the step plan ran to its end (or early stopping ended it), no exception
+    restored_best: bool = False  # the best-validated weights were put back at the end
 
 
 class Callback:
@@ -116,9 +121,29 @@ class FaultInjection(Callback):
         return cls(kill_at) if kill_at else None
 
 
-def default_callbacks(early_stopping: int | None, progress: Any) -> list[Callback]:
+class RestoreBest(Callback):
+    """At the end of a finished fit, put back the weights of the best validation step (kept on disk
+    as a checkpoint protected from rotation) when that is not the last step."""
+
+    def __init__(self, checkpoints: Path, model: nn.Module) -> None:
+        self.checkpoints, self.model = checkpoints, model
+
+    def on_fit_end(self, event: Event) -> None:
+        state = event.state
+        if not event.finished or state.best_step is None or state.best_step == state.step:
+            return
+        path = self.checkpoints / f"{ckpt.PREFIX}{state.best_step:08d}"
+        if path.is_dir():
+            ckpt.load_weights(path, self.model)
+            event.restored_best = True
+
+
+def default_callbacks(early_stopping: int | None, progress: Any, *,
+                      restore_best: RestoreBest | None = None) -> list[Callback]:
     """The callbacks every fit runs with, in the order they are called."""
     callbacks: list[Callback] = [Terminate()]
+    if restore_best is not None:
+        callbacks.append(restore_best)
     if early_stopping is not None:
         callbacks.append(EarlyStopping(early_stopping))
     if progress is not None:

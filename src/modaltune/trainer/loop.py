@@ -37,7 +37,7 @@ from modaltune.trainer.batches import (
     plan_epoch,
     steps_per_epoch,
 )
-from modaltune.trainer.callbacks import EXIT_SIGTERM, KILL_ENV, Callback, Event, default_callbacks
+from modaltune.trainer.callbacks import EXIT_SIGTERM, KILL_ENV, Callback, Event, RestoreBest, default_callbacks
 from modaltune.trainer.terms import L2SPTerm, LossTerm, ReplayTerm, loss_parts, part_key
 
 # Kept importable from here, where they used to live.
@@ -181,7 +181,8 @@ def fit(
 
     eval_every = cfg.schedule.eval_every or per_epoch
     save_every = cfg.schedule.save_every or per_epoch
-    hooks = [*default_callbacks(cfg.schedule.early_stopping, progress), *callbacks]
+    hooks = [*default_callbacks(cfg.schedule.early_stopping, progress,
+                                restore_best=RestoreBest(run.checkpoints, model)), *callbacks]
     event = Event(state, total_steps)
 
     def log(entry: dict[str, Any]) -> None:
@@ -291,12 +292,12 @@ def fit(
     try:
         with _flush_denormals(accelerator.device):
             run_steps()
+        event.finished = True
     finally:
         for hook in hooks:
             hook.on_fit_end(event)
-    restored = _restore_best(run, model, state)
     return FitResult(state=state, seconds=time.perf_counter() - started, stopped_early=event.stop,
-                     restored_best=restored, feature_cache=cached.info if cached else None)
+                     restored_best=event.restored_best, feature_cache=cached.info if cached else None)
 
 
 @dataclass
@@ -391,14 +392,3 @@ def _bad_step(cfg: TrainConfig, state: ckpt.TrainerState) -> None:
             f"{state.bad_steps_in_a_row} optimizer steps in a row had a NaN/inf loss (last at {where}); "
             "training is diverging: lower --lr or check the data"
         )
-
-
-def _restore_best(run: RunDir, model: nn.Module, state: ckpt.TrainerState) -> bool:
-    """Put the best-validated weights back (when validation ran and the best is not the last step)."""
-    if state.best_step is None or state.best_step == state.step:
-        return False
-    path = run.checkpoints / f"{ckpt.PREFIX}{state.best_step:08d}"
-    if not path.is_dir():
-        return False
-    ckpt.load_weights(path, model)
-    return True
