@@ -154,9 +154,7 @@ def _print_transfer(metrics: dict) -> None:
 
 
 @app.command(context_settings=DOTTED, epilog=DOTTED_HELP)
-@config_options(only=("task", "model", "data", "model_dtype", "device_map", "attn_implementation",
-                      "trust_remote_code", "data_format", "val_fraction", "skip_bad", "max_audio_seconds", "batch_size",
-                      "seed", "eval_batch_size", "prompt_template"))
+@config_options(sections=("task", "model", "data", "tasks"), only=("batch_size", "seed", "eval_batch_size"))
 def advise(
     ctx: typer.Context,
     reference: Optional[str] = typer.Option(

@@ -33,7 +33,12 @@ class OptionSpec:
     decls: tuple[str, ...]
     type: Any
     help: str
-    panel: str
+    section: str  # a config section, "task", or "tasks" (an option some task contributes)
+
+    @property
+    def panel(self) -> str:
+        fixed = {"task": "task", "tasks": "task options (--TASK.KEY)"}
+        return fixed.get(self.section, f"{self.section} (--{self.section}.KEY)")
 
 
 def tasks_help() -> str:
@@ -66,13 +71,13 @@ def _help(info: Any, choices: list[str]) -> str:
     return text
 
 
-def _spec(flat: str, info: Any, panel: str, help_text: str | None = None) -> OptionSpec:
+def _spec(flat: str, info: Any, section: str, help_text: str | None = None) -> OptionSpec:
     kind, choices = _kind(info.annotation)
     extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
     name = flat.replace("_", "-")
     decls = (str(extra["flag"]),) if "flag" in extra else ((f"--{name}/--no-{name}",) if kind is bool
                                                            else (f"--{name}",))
-    return OptionSpec(flat, decls, kind, help_text or _help(info, choices), panel)
+    return OptionSpec(flat, decls, kind, help_text or _help(info, choices), section)
 
 
 def option_specs() -> dict[str, OptionSpec]:
@@ -85,7 +90,7 @@ def option_specs() -> dict[str, OptionSpec]:
     for section, cls in SECTIONS.items():
         for field, info in cls.model_fields.items():
             flat = flat_name(field, info)
-            specs[flat] = _spec(flat, info, f"{section} (--{section}.KEY)")
+            specs[flat] = _spec(flat, info, section)
     owners: dict[str, list[str]] = {}
     first: dict[str, Any] = {}
     for task, options in task_sections().items():
@@ -95,13 +100,22 @@ def option_specs() -> dict[str, OptionSpec]:
     for field, info in first.items():
         names = " / ".join(owners[field])
         kind, choices = _kind(info.annotation)
-        specs[field] = _spec(field, info, "task options (--TASK.KEY)", f"{names}: {_help(info, choices)}")
+        specs[field] = _spec(field, info, "tasks", f"{names}: {_help(info, choices)}")
     return specs
 
 
-def config_options(*, only: Container[str] | None = None, exclude: Container[str] = ()) -> Callable[[F], F]:
-    """Add the config's classic flags (``only`` those, less ``exclude``) to a typer command that
-    takes them as ``**flags``; a parameter the command declares itself keeps its own definition."""
+def config_options(*, sections: Container[str] | None = None, only: Container[str] | None = None,
+                   exclude: Container[str] = ()) -> Callable[[F], F]:
+    """Add the config's classic flags to a typer command that takes them as ``**flags``: all of them,
+    or those of ``sections`` (names of config sections, ``"task"``, ``"tasks"`` for every task's
+    options) plus the flat keys in ``only``; less ``exclude``. A parameter the command declares
+    itself keeps its own definition."""
+    def wanted(spec: OptionSpec) -> bool:
+        if spec.dest in exclude:
+            return False
+        if sections is None and only is None:
+            return True
+        return spec.section in (sections or ()) or spec.dest in (only or ())
 
     def decorate(fn: F) -> F:
         signature = inspect.signature(fn, eval_str=True)
@@ -113,7 +127,7 @@ def config_options(*, only: Container[str] | None = None, exclude: Container[str
                 default=typer.Option(None, *spec.decls, help=spec.help, rich_help_panel=spec.panel,
                                      show_default=False))
             for spec in option_specs().values()
-            if spec.dest not in taken and (only is None or spec.dest in only) and spec.dest not in exclude]
+            if spec.dest not in taken and wanted(spec)]
         fn.__signature__ = signature.replace(parameters=[*params, *added])  # type: ignore[attr-defined]
         return fn
 
