@@ -81,6 +81,9 @@ class BenchSpec:
     old_classes: tuple[str, ...] = ("red", "green", "blue", "yellow", "purple", "orange", "white", "black")
     # Seeds 0-4 developed the rules and 5-7 measured earlier ones; these no rule has seen.
     seeds: tuple[int, ...] = (8, 9, 10, 11, 12)
+    # Every strategy trains the advisor's epochs for the cell's size; a number here overrides that
+    # (the quick cell: 2 epochs run every step of the pipeline, where the rule's 30 only repeat them).
+    epochs: int | None = None
 
 
 def _specs() -> tuple[BenchSpec, BenchSpec]:
@@ -96,9 +99,19 @@ def _specs() -> tuple[BenchSpec, BenchSpec]:
         shifts={"far": "noise"}, sizes=(3,), classes=("circle", "square", "triangle"),
         old_classes=("red", "green", "blue"),
         val_per_class=3, test_per_class=3, old_test_per_class=3, old_train_per_class=4, batch_size=8,
-        lrs=dict(FULL_TARGET.lrs), seeds=(0,),
+        lrs=dict(FULL_TARGET.lrs), seeds=(0,), epochs=2,
     )
     return full, quick
+
+
+def bench_base() -> Any:
+    """The pretrained base every number in benchmarks/RESULTS.md was measured on: the demo's CLIP as it
+    was up to commit d44bef8 (cache key 146ff6d99d033a4d under transformers 5.24), pinned here so that
+    the demo may use a cheaper base of its own without moving the benchmark's."""
+    from modaltune.testing.demo.clip import BaseSpec
+
+    return BaseSpec(captions=6000, val_fraction=0.05, image_size=48, styles=("plain",), hidden_size=64, layers=4,
+                    heads=4, patch_size=8, vocab_size=400, epochs=17, batch_size=64, lr=1e-3)
 
 
 def variant_name(strategy: str, layers: int | None) -> str:
@@ -112,11 +125,11 @@ def run_bench(output: Path, *, quick: bool = False, seeds: Sequence[int] | None 
     ``rerun`` re-measures only the named rows (e.g. ``auto+replay+wise-ft`` after a change to
     WiSE-FT) on the data, seeds and advice of the finished benchmark already in ``output``, and
     keeps every other row as measured; the result says which rows were re-run."""
-    from modaltune.testing.demo.clip import FULL_BASE, QUICK_BASE, _quiet_transformers, ensure_base_model
+    from modaltune.testing.demo.clip import QUICK_BASE, _quiet_transformers, ensure_base_model
 
     console = console or Console(stderr=True)
     full_spec, quick_spec = _specs()
-    spec, base_spec = (quick_spec, QUICK_BASE) if quick else (full_spec, FULL_BASE)
+    spec, base_spec = (quick_spec, QUICK_BASE) if quick else (full_spec, bench_base())
     output = Path(output)
     if rerun and seeds:
         from modaltune.errors import ConfigError
@@ -230,10 +243,10 @@ def run_seed(spec: BenchSpec, base_spec: Any, base_model: Path, old: Path, shift
         advice = advise("classify", str(base_model), str(data), batch_size=spec.batch_size, seed=seed,
                         prompt_template=spec.prompt_template, reference=str(old))
         pick, shift, advice_dict, epochs = (variant_name(advice.strategy, advice.layers), advice.inputs["shift"],
-                                            advice.to_dict(), advice.epochs)
+                                            advice.to_dict(), spec.epochs or advice.epochs)
     else:
         pick, shift, advice_dict = previous["pick"], previous["measured_shift"], previous["advice"]
-        epochs = advice_dict["epochs"]
+        epochs = spec.epochs or advice_dict["epochs"]
     console.print(f"advisor: {pick} (shift {shift['shift']:.2f})")
     runs = output / "runs" / cell / f"s{seed}"
     results: dict[str, dict[str, Any]] = {}
