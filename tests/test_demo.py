@@ -12,7 +12,7 @@ import pytest
 from rich.console import Console
 
 from modaltune.testing.demo import KEEP, STRATEGIES, run_demo
-from modaltune.testing.demo.clip import QUICK_TARGETS
+from modaltune.testing.demo.clip import FULL_MORE_LABELS, QUICK_BASE, QUICK_TARGETS, ensure_base_model, run_strategy
 
 KEYS = {"strategy", "trainable_params", "accuracy", "seconds"}
 
@@ -46,8 +46,10 @@ def test_quick_demo_writes_every_output_and_reuses_the_cached_base(tmp_path: Pat
 
     rows = json.loads((output / "demo_results.json").read_text())
     assert rows == results
-    # Two regimes: few labels (every strategy and the forgetting row), then more labels.
-    assert more.strategies == ("zero-shot", "linear-probe", "last-n", "full", "scratch")
+    # Two regimes: few labels (every strategy and the forgetting row), then more labels (the full demo trains
+    # every strategy but LoRA there; the quick one the two baselines and last-n, the strategy the regime is about).
+    assert FULL_MORE_LABELS.strategies == ("zero-shot", "linear-probe", "last-n", "full", "scratch")
+    assert more.strategies == ("zero-shot", "last-n", "scratch")
     assert [(r["regime"], r["strategy"]) for r in rows] == \
         [("few labels", s) for s in (*STRATEGIES, KEEP)] + [("more labels", s) for s in more.strategies]
     for regime in ("few labels", "more labels"):
@@ -105,21 +107,26 @@ def test_quick_demo_writes_every_output_and_reuses_the_cached_base(tmp_path: Pat
         assert "Sample predictions" in Path(r["report"]).read_text()
     assert "Visual question answering and captioning" in report
 
-    # The base model is cached once; a second demo (into the same folder) uses it and says so.
+    # The base model is cached once; asked for again it is reused, and says so.
     entries = [p for p in (cache / "demo-base").iterdir()]
     assert len(entries) == 1 and not entries[0].name.startswith(".")  # no leftover temp dir
     stamp = (entries[0] / "demo_base.json").stat().st_mtime_ns
 
     console, text = _console()
-    again = run_demo(output, quick=True, console=console)
+    base = ensure_base_model(QUICK_BASE, tmp_path / "source-again", console=console, timings={})
 
-    assert "reusing the cached base model" in text.getvalue()
-    assert "skipping source corpus and pretraining" in text.getvalue()
+    said = " ".join(text.getvalue().split())  # the console wraps long lines
+    assert base.cached and base.run_dir == entries[0]
+    assert "reusing the cached base model" in said and "skipping source corpus and pretraining" in said
+    assert not (tmp_path / "source-again").exists()  # no source corpus drawn
     assert [p for p in (cache / "demo-base").iterdir()] == entries
     assert (entries[0] / "demo_base.json").stat().st_mtime_ns == stamp
-    assert [r["strategy"] for r in again] == [*STRATEGIES, KEEP, *more.strategies]
-    # Same cached base, seed and data: the same numbers.
-    assert [r["accuracy"] for r in again] == [r["accuracy"] for r in results]
+    # Same cached base, seed and data: the same numbers (a trained strategy, run again beside the first).
+    first = next(r for r in results if r["regime"] == "few labels" and r["strategy"] == "last-n")
+    again = run_strategy("last-n", base, output / "data" / "target" / few.slug, few, tmp_path / "again",
+                         old=output / "data" / "old", console=console, layers=first["layers"])
+    assert (again["accuracy"], again["macro_f1"], again["old_task_accuracy"]) == \
+        (first["accuracy"], first["macro_f1"], first["old_task_accuracy"])
 
 
 def test_demo_refuses_an_output_folder_it_did_not_write(tmp_path: Path) -> None:

@@ -153,8 +153,11 @@ QUICK_TARGET = TargetSpec(
     test_per_class=4, epochs=1, batch_size=8, prompt_template="a {}", lrs=dict(FULL_TARGET.lrs),
     old_classes=("red", "green", "blue"), old_test_per_class=4, old_train_per_class=4,
 )
-QUICK_TARGETS = (QUICK_TARGET, replace(QUICK_TARGET, regime="more labels", train_per_class=8, layers=2, keep=False,
-                                       strategies=FULL_MORE_LABELS.strategies))
+# Its second regime trains, besides the two baselines, only last-n, the advisor's pick from 20 labels per
+# class on (``advisor.FEW``): every code path of a regime (advice, marked pick, table, verdict, plots,
+# report section) at half the runs.
+QUICK_TARGETS = (QUICK_TARGET, replace(QUICK_TARGET, regime="more labels", train_per_class=20, layers=2, keep=False,
+                                       strategies=("zero-shot", "last-n", "scratch")))
 #: The extra row: naive `full` again, with rehearsal of the old task (50/50) and WiSE-FT (auto).
 KEEP = "full+replay+wise-ft"
 

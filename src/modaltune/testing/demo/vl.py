@@ -32,7 +32,11 @@ class VlSpec:
     batch_size: int = 16
 
 
-FULL_VL = VlSpec(images=480, captions_per_image=2, epochs_vqa=40, epochs_caption=20)
+# 320 images: 256 train, 64 validation (the data's seeded 20 %); VQA 20 epochs (320 steps), captioning 10.
+# Was 480 images, 40 and 20 epochs (960 VQA steps): the largest part of the demo's time, for a curve that is
+# mostly flat after the first 250 steps (validation VQA accuracy 0.08 -> 0.30 by step 240, 0.40 by step 650).
+# At 320 images, 12 and 8 epochs: VQA accuracy 0.005 -> 0.224, CIDEr 0.27 -> 0.43.
+FULL_VL = VlSpec(images=320, captions_per_image=2, epochs_vqa=20, epochs_caption=10)
 QUICK_VL = VlSpec(images=24, captions_per_image=2, epochs_vqa=1, epochs_caption=1)
 
 
