@@ -27,6 +27,8 @@ CASES = [
     ("vqa", "tiny_blip_vqa", "vqa_manifest"),
     ("caption", "tiny_blip_caption", "multi_caption_manifest"),
     ("caption", "tiny_git", "multi_caption_manifest"),
+    ("classify", "tiny_clap", "sound_folder"),
+    ("retrieve", "tiny_clap", "sound_caption_manifest"),
 ]
 CASE_IDS = [f"{task}-{model.removeprefix('tiny_')}" for task, model, _ in CASES]
 

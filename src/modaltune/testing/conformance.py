@@ -22,13 +22,14 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from modaltune.models.base import backbone_of, blocks_at
+from modaltune.models.base import ATTENTION_PROJECTIONS, backbone_of, blocks_at
 from modaltune.tasks.base import Loaded, Task
 
 #: The strategies that train something, in the order the checks run them.
@@ -116,35 +117,56 @@ def check_trained_parameters(task_name: str, task: Task, loaded: Loaded, strateg
     else:
         assert not any("lora_" in n for n in after)
 
-    # The CLIP dual encoders name their towers and blocks their own way; every other family is read
-    # from the stacks its task reports (task.blocks / probe_parameters), so a new family needs no entry here.
-    groups = expected_groups(task_name, strategy, loaded) if getattr(task, "family", None) == "clip" \
+    # The dual encoders (CLIP, CLAP) are read from their model adapter (which tower the task uses,
+    # where its blocks are); every other family from the stacks its task reports (task.blocks /
+    # probe_parameters), so a new family needs no entry here.
+    groups = expected_groups(task_name, strategy, loaded) if getattr(task, "family", None) == "dual_encoder" \
         else expected_stack_groups(task, strategy, loaded)
     assert groups(trainable), f"{strategy}: trained {sorted(trainable)}"
 
 
 def expected_groups(task_name: str, strategy: str, loaded: Loaded) -> Callable[[set[str]], bool]:
-    """What each strategy means (DESIGN.md) for the CLIP dual encoders, as a predicate over the set
-    of trainable names."""
+    """What each strategy means (DESIGN.md) for the dual encoders, as a predicate over the set of
+    trainable names: classify uses the media tower (vision or audio) only, retrieve both towers."""
+    from modaltune.models.dual_encoder import dual_encoder_adapter
+    from modaltune.tasks.base import unwrap
+
+    backbone = unwrap(backbone_of(loaded.model))
+    adapter = dual_encoder_adapter(backbone)
+    specs = adapter.towers(backbone)
+
+    def relative(name: str) -> str:
+        return canonical_name(name).removeprefix("backbone.")
+
     def towers(names: set[str]) -> set[str]:
-        return {("vision" if ".vision_model." in n else "text") for n in names if "_model." in n}
+        return {t for t in (adapter.tower_of(backbone, relative(n)) for n in names) if t is not None}
 
-    def layers_of(names: set[str]) -> set[str]:
-        return {n.split(".encoder.layers.")[1].split(".")[0] for n in names if ".encoder.layers." in n}
+    def blocks_trained(names: set[str]) -> dict[str, set[str]]:
+        out: dict[str, set[str]] = {}
+        for n in names:
+            for tower, spec in specs.items():
+                if relative(n).startswith(spec.blocks + "."):
+                    out.setdefault(tower, set()).add(relative(n)[len(spec.blocks) + 1:].split(".")[0])
+        return out
 
-    depth = len(blocks_at(backbone_of(loaded.model), "vision_model.encoder.layers")) if strategy != "lora" else None
+    def below(names: set[str]) -> bool:
+        return any(any(part in relative(n) for part in adapter.below_blocks)
+                   for n in names if adapter.tower_of(backbone, relative(n)) is not None)
+
+    used = {adapter.media_tower} if task_name == "classify" else set(specs)
+    depth = {tower: len(blocks_at(backbone, specs[tower].blocks)) for tower in used}
+    text_side = (adapter.text_model + ".",) + ((adapter.text_projection + ".",) if adapter.text_projection else ())
     if strategy == "linear-probe":
         return lambda names: all(n.startswith("head.") or "projection" in n for n in names)
     if strategy == "last-n":
-        assert depth is not None
-        want_towers = {"vision"} if task_name == "classify" else {"vision", "text"}
-        return lambda names: (layers_of(names) == {str(depth - 1)} and towers(names) == want_towers
-                              and not any(".embeddings." in n for n in names))
+        return lambda names: (blocks_trained(names) == {t: {str(depth[t] - 1)} for t in used}
+                              and towers(names) == used and not below(names))
     if strategy in ("full", "scratch"):
         if task_name == "classify":
-            return lambda names: not any("text_model" in n or "text_projection" in n for n in names)
+            return lambda names: not any(relative(n).startswith(text_side) for n in names)
         return lambda names: len(names) == len(list(loaded.model.parameters()))
-    return lambda names: all(("self_attn" in n and "lora_" in n) or n.startswith("head.") for n in names)
+    return lambda names: (all(("lora_" in n and re.search(ATTENTION_PROJECTIONS, n)) or n.startswith("head.")
+                              for n in names) and towers(names) == used)
 
 
 def expected_stack_groups(task: Task, strategy: str, loaded: Loaded) -> Callable[[set[str]], bool]:
