@@ -84,6 +84,7 @@ strategy: {name: last-n, layers: 1}
 optim: {lr: 0.001, batch_size: 4}
 schedule: {epochs: 2}
 runtime: {output: RUN}
+classify: {prompt_template: "a photo of a {}."}
 """
 
 
@@ -126,7 +127,7 @@ def test_an_old_flat_config_yaml_loads_as_the_nested_one(tmp_path):
         {"optim.lr": 0.25, "schedule.epochs": 5}).flat()
     # keyword arguments of the Python API are the flat names, as before
     assert build_config(task="classify", model="MODEL", data="DATA", strategy="last-n", layers=1, epochs=2,
-                        batch_size=4, lr=0.001, output="RUN").flat() == new.flat()
+                        batch_size=4, lr=0.001, output="RUN", prompt_template="a photo of a {}.").flat() == new.flat()
 
 
 @pytest.mark.parametrize("text, needles", [

@@ -17,7 +17,9 @@ class TaskOptions(BaseModel):
 
 
 class ClassifyOptions(TaskOptions):
-    prompt_template: str = Field(default="a photo of a {}.", description="class prompt, e.g. 'a photo of a {}.'")
+    prompt_template: str | None = Field(default=None, description=(
+        "class prompt with {} for the label (default: a saved classifier's, else the model's own for its "
+        "media: 'a photo of a {}.', 'the sound of {}')"))
 
 
 class GenerationOptions(TaskOptions):
