@@ -30,6 +30,7 @@ from modaltune.metrics import (
 )
 from modaltune.metrics import captions as captions_module
 from modaltune.metrics.captions import _python_lines, tokenize_captions
+from modaltune.tasks.base import Loaded
 from modaltune.tasks.clip import ClassifyTask
 from modaltune.tasks.vqa import VqaTask
 
@@ -259,13 +260,15 @@ def test_classify_predict_and_evaluate_agree_under_ties() -> None:
 
 def test_vqa_classifier_predict_and_evaluate_agree_under_ties() -> None:
     task = VqaTask()
-    task.mode, task.answers = "classifier", ["yes", "no", "2"]
+    # Only the head's state is read: mode and vocabulary, as load() gives them for a ViLT classifier.
+    state = {"mode": "classifier", "answers": ["yes", "no", "2"]}
+    loaded = Loaded(model=torch.nn.Module(), processor=None, state=state)
     # saturated logits: sigmoid gives 1.0 for all three, the logits still differ
     logits = torch.tensor([[30.0, 40.0, 35.0], [5.0, 5.0, 1.0]])
     rows = [Row(id="q0", question="?", answers=("no",) * 10), Row(id="q1", question="?", answers=("no",) * 10)]
-    predicted = task.predict(None, {"logits": logits}, rows)
+    predicted = task.predict(loaded, {"logits": logits}, rows)
     assert [p["answer"] for p in predicted] == [p["top"][0]["answer"] for p in predicted] == ["no", "no"]
-    assert task.evaluate(None, {"logits": logits}, rows)["vqa_accuracy"] == 1.0
+    assert task.evaluate(loaded, {"logits": logits}, rows)["vqa_accuracy"] == 1.0
 
 
 # =========================================================================== captions

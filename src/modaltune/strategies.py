@@ -273,6 +273,7 @@ def export(task: Task, loaded: Loaded, directory: Path, *, consume: bool = False
     set of weights (a run's peak memory would otherwise be set here, not in training).
     """
     import copy
+    import dataclasses
 
     if not is_peft(loaded):
         task.save(loaded, directory)
@@ -283,6 +284,6 @@ def export(task: Task, loaded: Loaded, directory: Path, *, consume: bool = False
     merged._modules = dict(loaded.model._modules)
     backbone = peft_backbone(loaded) if consume else copy.deepcopy(peft_backbone(loaded))
     merged.backbone = backbone.merge_and_unload()
-    task.save(Loaded(merged, loaded.processor, loaded.meta), directory)
+    task.save(dataclasses.replace(loaded, model=merged), directory)  # the task state travels too
     if consume:
         loaded.model = merged  # what is left is the plain merged model, not a PEFT wrapper
