@@ -372,11 +372,8 @@ class ClassifyTask(DualEncoderTask):
         directory.mkdir(parents=True, exist_ok=True)
         backbone = backbone_of(loaded.model)
         adapter = dual_encoder_adapter(backbone)
-        # The state, or (where a caller rebuilt the Loaded without it: strategies.export's LoRA
-        # merge does today) what this task was created with.
-        state = dict(loaded.state) or {
-            "labels": self._labels(None), "prompt_template": self.prompt_template or adapter.default_prompt}
-        labels = list(state["labels"])
+        state = dict(loaded.state)
+        labels = self._labels(loaded)
         config = hf_config(backbone)
         config.id2label = dict(enumerate(labels))
         config.label2id = {label: i for i, label in enumerate(labels)}
