@@ -137,7 +137,7 @@ FULL_TARGET = TargetSpec(
 #: The second regime: the same shapes, style, validation and test images (the data streams are keyed
 #: by seed, split and class, so its first training images are the few-label regime's), with more
 #: labels per class. last-n re-trains the blocks the advisor asks for at this size (three quarters).
-#: LoRA is left out there to keep the whole demo within 10 minutes (its story is told with few labels).
+#: LoRA is left out there to save the demo a run of 300 steps (its story is told with few labels).
 FULL_MORE_LABELS = replace(FULL_TARGET, regime="more labels", train_per_class=MORE_LABELS_PER_CLASS,
                            epochs=MORE_LABELS_EPOCHS, layers=3, keep=False,
                            strategies=tuple(s for s in STRATEGIES if s != "lora"))
