@@ -181,6 +181,9 @@ def test_config_yaml_round_trip(tmp_path):
     assert isinstance(yaml.safe_load(saved.read_text())["optim"], dict)  # nested on disk
     again = build_config(saved)
     assert again.flat() == cfg.flat() and again.resolved().flat() == cfg.flat()
+    import pickle  # worker processes get the config pickled
+
+    assert pickle.loads(pickle.dumps(cfg)).flat() == cfg.flat()
 
 
 def test_help_of_every_command_lists_the_registered_tasks():

@@ -324,6 +324,15 @@ class TrainConfig(BaseModel):
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # The class with the task sections is made at run time, so pickle (worker processes) rebuilds
+        # the config from its values instead of looking the class up by name.
+        return _rebuild, (self.model_dump(),)
+
+
+def _rebuild(values: dict[str, Any]) -> TrainConfig:
+    return config_model().model_validate(values)
+
 
 @lru_cache(maxsize=8)
 def _model_with(sections: tuple[tuple[str, type[BaseModel]], ...]) -> type[TrainConfig]:
