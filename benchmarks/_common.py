@@ -72,3 +72,72 @@ def peak_rss_mb() -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError("no VmHWM in /proc/self/status (not Linux?)")
+
+
+#: CLAP with HTSAT-tiny's audio-tower layout at half width (the ``laion/clap-htsat-*`` layout: 4
+#: Swin stages of depths 2/2/6/2 with 4px patches; here 48 → 384 wide with 2/4/8/16 heads, the real
+#: one 96 → 768) on a 128 × 128 mel image (32 mel bins; the real 64 bins and 256; window 4 instead
+#: of 8 so the last 4 × 4 stage still holds a window), 512-d projection. Sized so that an uncached
+#: epoch stays well under a minute on a loaded 2-core CPU (full width took 9 s per
+#: 16-clip forward). The text tower (only the class prompts go through it): a 4-layer, 256-wide RoBERTa.
+HTSAT_TINY = dict(mel_bins=32, spec_size=128, window_size=4, depths=(2, 2, 6, 2), heads=(2, 4, 8, 16),
+                  patch_hidden=48, hidden_size=384, projection_dim=512, text_hidden=256, text_layers=4,
+                  max_seconds=2)
+
+
+def build_clap_model(root: Path, texts: list[str], *, mel_bins: int, spec_size: int, window_size: int,
+                     depths: tuple[int, ...], heads: tuple[int, ...], patch_hidden: int, hidden_size: int,
+                     projection_dim: int, text_hidden: int, text_layers: int, max_seconds: int,
+                     seed: int = 0) -> Path:
+    """A random-init ``ClapModel`` + ``ClapProcessor`` (48 kHz extractor, repeat-padding, as the real
+    checkpoints') in ``root/clap-model``, built offline as ``modaltune.testing.tiny_clap`` builds the
+    tiny one, with every audio-tower size open (``TinyClapSize`` fixes depths, heads and window)."""
+    import tempfile
+
+    import torch
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import ClapConfig, ClapFeatureExtractor, ClapModel, ClapProcessor, RobertaTokenizer
+
+    from modaltune.testing.tiny_clap import SAMPLING_RATE, SPECIAL_TOKENS
+
+    out = root / "clap-model"
+    if (out / "config.json").exists():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(texts, vocab_size=300, min_frequency=1, special_tokens=list(SPECIAL_TOKENS),
+                            show_progress=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        bpe.save_model(tmp)
+        tokenizer = RobertaTokenizer.from_pretrained(tmp, model_max_length=64)
+    config = ClapConfig(
+        text_config={
+            "vocab_size": len(tokenizer), "hidden_size": text_hidden, "num_hidden_layers": text_layers,
+            "num_attention_heads": 4, "intermediate_size": 4 * text_hidden, "max_position_embeddings": 66,
+            "pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id, "projection_dim": projection_dim,
+        },
+        audio_config={
+            "num_mel_bins": mel_bins, "spec_size": spec_size, "window_size": window_size, "patch_size": 4,
+            "patch_stride": (4, 4), "depths": list(depths), "num_attention_heads": list(heads),
+            "patch_embeds_hidden_size": patch_hidden, "hidden_size": hidden_size,
+            "projection_dim": projection_dim, "enable_fusion": False,
+        },
+        projection_dim=projection_dim,
+    )
+    torch.manual_seed(seed)
+    model = ClapModel(config)
+    extractor = ClapFeatureExtractor(feature_size=mel_bins, sampling_rate=SAMPLING_RATE, hop_length=480,
+                                     max_length_s=int(max_seconds), truncation="rand_trunc", padding="repeatpad")
+    model.save_pretrained(out)
+    ClapProcessor(feature_extractor=extractor, tokenizer=tokenizer).save_pretrained(out)
+    return out
+
+
+def sound_data(root: Path, per_class: dict[str, int], seconds: float) -> Path:
+    from modaltune.testing.synthetic_audio import write_audio_classification_folder
+
+    out = root / "sounds"
+    if not out.exists():
+        write_audio_classification_folder(out, per_class=per_class, seed=0, seconds=seconds)
+    return out
