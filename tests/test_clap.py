@@ -209,3 +209,9 @@ def test_train_classify_on_a_folder_of_sounds_end_to_end(tiny_clap: Path, sound_
     assert prediction["label"] in ("chirp", "noise", "tone") and len(prediction["top"]) == 3
     # the exported model scores the validation clips as the run did
     assert api.evaluate(tmp_path / "run")["accuracy"] == metrics["accuracy"]
+    # the report plays the first validation clips, with this model's and the base model's predictions
+    report = (tmp_path / "run" / "report.html").read_text()
+    shown = metrics["samples"]
+    assert shown and all(Path(s["audio"]).suffix in {".wav", ".flac", ".ogg", ".mp3"} for s in shown)
+    assert report.count("<audio controls") == len(shown) and "base model (zero-shot)" in report
+    assert [s["id"] for s in metrics["zero_shot"]["samples"]] == [s["id"] for s in shown]

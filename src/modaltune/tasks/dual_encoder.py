@@ -41,6 +41,9 @@ from modaltune.tasks.base import (
 HEAD_FILE = "classifier.safetensors"
 Batch = dict[str, torch.Tensor]
 
+#: Validation examples shown with their predictions in the report.
+SAMPLES = 8
+
 
 def load_backbone(source: str | Path, *, scratch: bool, trust_remote_code: bool,
                   options: ModelOptions | None = None) -> tuple[nn.Module, Any, DualEncoderAdapter]:
@@ -301,6 +304,11 @@ class ClassifyTask(DualEncoderTask):
         # Top-1 (accuracy, the confusion matrix) and top-5 come from the ranking predict() uses.
         metrics = classification_metrics(None, targets, labels, scores=logits.float())
         metrics["loss"] = round(float(F.cross_entropy(logits, torch.tensor(targets))), 6)
+        # The first examples with their media, for the report (a thumbnail, or a spectrogram and a player).
+        metrics["samples"] = [{"id": row.id, **{kind: str(path) for kind, path in row.media.items()},
+                               "prediction": p["label"], "score": round(p["score"], 4), "references": [row.label]}
+                              for row, p in zip(rows[:SAMPLES], self.predict(loaded, {"logits": logits[:SAMPLES]},
+                                                                             rows[:SAMPLES]))]
         return metrics
 
     def predict(self, loaded: Loaded, outputs: Batch, rows: list[Row]) -> list[dict]:
