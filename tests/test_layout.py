@@ -22,8 +22,8 @@ def test_product_modules_never_import_the_testing_package():
         if found:
             offenders[relative] = found
     # The CLI's `demo` command is the one way in, imported when the command runs.
-    assert offenders == {"cli.py": ["from modaltune.testing"]}
-    assert "    from modaltune.testing.demo import run_demo" in (PACKAGE / "cli.py").read_text()
+    assert offenders == {"cli/__init__.py": ["from modaltune.testing"]}
+    assert "    from modaltune.testing.demo import run_demo" in (PACKAGE / "cli" / "__init__.py").read_text()
 
 
 def test_scaffolding_left_the_product_package():

@@ -30,7 +30,7 @@ def _setup(tiny_clip: Path, shape_folder: Path, tmp_path: Path, **overrides):
     task = create_task("classify", labels=sorted({r.label for r in rows}))
     torch.manual_seed(cfg.seed)
     loaded = task.load(tiny_clip)
-    apply_strategy(task, loaded, cfg.strategy, layers=cfg.layers)
+    apply_strategy(task, loaded, cfg.strategy.name, layers=cfg.strategy.layers)
     return cfg, task, loaded, rows, val, RunDir(Path(cfg.output)).create()
 
 

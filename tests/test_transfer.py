@@ -103,7 +103,7 @@ def test_strategy_auto_fills_in_only_what_the_user_left_unset(tiny_clip, shape_f
     advice = advise(DataFacts(MANY * 10, 10, MANY), SMALL, _shift(0.5))
     rehearsing = _cfg(tiny_clip, shape_folder, tmp_path, "a", strategy="auto", replay=str(shape_folder), lr=None)
     followed = follow_advice(rehearsing, advice)
-    assert (followed.strategy, followed.layers, followed.lr, followed.replay_ratio) == (
+    assert (followed.strategy.name, followed.layers, followed.lr, followed.replay_ratio) == (
         advice.strategy, advice.layers, advice.lr, 0.2)
     given = follow_advice(rehearsing.model_copy(update={"replay_ratio": 0.4, "lr": 0.123}), advice)
     assert (given.replay_ratio, given.replay_share, given.lr) == (0.4, 0.4, 0.123)
