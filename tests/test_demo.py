@@ -107,6 +107,15 @@ def test_quick_demo_writes_every_output_and_reuses_the_cached_base(tmp_path: Pat
         assert "Sample predictions" in Path(r["report"]).read_text()
     assert "Visual question answering and captioning" in report
 
+    # The audio section: a CLAP classifier from zero-shot to trained, its report playing sample clips.
+    sounds = json.loads((output / "demo_audio_results.json").read_text())
+    assert [r["strategy"] for r in sounds] == ["linear-probe", "full"]
+    for r in sounds:
+        assert 0.0 <= r["zero_shot"] <= 1.0 and 0.0 <= r["trained"] <= 1.0
+        assert r["example"]["prediction"] in {"tone", "chirp", "noise", "rhythm"}
+        assert "<audio controls" in Path(r["report"]).read_text()
+    assert "Sound classification (CLAP)" in report
+
     # The base model is cached once; asked for again it is reused, and says so.
     entries = [p for p in (cache / "demo-base").iterdir()]
     assert len(entries) == 1 and not entries[0].name.startswith(".")  # no leftover temp dir

@@ -49,7 +49,8 @@ STRATEGIES = ("zero-shot", "linear-probe", "last-n", "full", "lora", "scratch")
 #: Written into the output folder, so a later demo knows it may replace what an earlier one wrote.
 MARKER = ".modaltune-demo"
 #: What the demo writes into the output folder (and so replaces on a rerun).
-OUTPUTS = ("data", "runs", "plots", "demo_results.json", "demo_vl_results.json", "report.html")
+OUTPUTS = ("data", "runs", "plots", "demo_results.json", "demo_vl_results.json", "demo_audio_results.json",
+           "report.html")
 
 
 # --------------------------------------------------------------------------- what the demo runs
@@ -222,13 +223,20 @@ def run_demo(output: Path, *, quick: bool = False, console: Console | None = Non
         vision_language = run_vl_section(output, quick=quick, console=console)
         timings["vqa and captioning"] = time.perf_counter() - tick
 
+        console.rule(f"[bold]{len(target_specs) + 4} · sound classification (CLAP)")
+        tick = time.perf_counter()
+        from modaltune.testing.demo.audio import run_audio_section
+
+        audio = run_audio_section(output, quick=quick, console=console)
+        timings["sound classification"] = time.perf_counter() - tick
+
     timings["total"] = time.perf_counter() - started
     for spec in target_specs:
         rows = [r for r in results if r["regime"] == spec.regime]
         console.print(results_table(rows, spec))
         console.print(verdict(rows, spec, advices[spec.regime]))
     write_outputs(output, results, base, base_spec, target_specs, timings, advices=advices,
-                  vision_language=vision_language)
+                  vision_language=vision_language, audio=audio)
     console.print(f"total {timings['total']:.0f}s · results in {output / 'demo_results.json'} · "
                   f"report {output / 'report.html'}")
     return results
@@ -595,15 +603,19 @@ def results_table(results: list[dict[str, Any]], spec: TargetSpec) -> Table:
 
 def write_outputs(output: Path, results: list[dict[str, Any]], base: BaseModel, base_spec: BaseSpec,
                   target_specs: tuple[TargetSpec, ...], timings: dict[str, float], *, advices: dict[str, Any],
-                  vision_language: list[dict[str, Any]] | None = None) -> None:
+                  vision_language: list[dict[str, Any]] | None = None,
+                  audio: list[dict[str, Any]] | None = None) -> None:
     """``demo_results.json``, ``plots/`` and ``report.html`` in ``output``."""
     from modaltune.plots import plot_strategy_comparison
     from modaltune.report import write_report
+    from modaltune.testing.demo.audio import audio_html
     from modaltune.testing.demo.vl import vl_html
 
     (output / "demo_results.json").write_text(json.dumps(results, indent=2) + "\n")
     if vision_language:
         (output / "demo_vl_results.json").write_text(json.dumps(vision_language, indent=2) + "\n")
+    if audio:
+        (output / "demo_audio_results.json").write_text(json.dumps(audio, indent=2) + "\n")
     plots = output / "plots"
     headline: dict[str, Any] = {}
     sections = []
@@ -656,6 +668,7 @@ def write_outputs(output: Path, results: list[dict[str, Any]], base: BaseModel, 
         sections=[*sections,
                   *([("Visual question answering and captioning", vl_html(vision_language))]
                     if vision_language else []),
+                  *([("Sound classification (CLAP)", audio_html(audio))] if audio else []),
                   ("What the demo did", _explanation_html(base, base_spec, target_specs, timings))],
     )
 
