@@ -53,6 +53,22 @@ def test_zero_shot_logits_are_clap_s_own(tiny_clap: Path) -> None:
         LABELS[int(expected[0].argmax())]
 
 
+def test_a_model_loaded_in_bf16_scores_float32_features(tiny_clap: Path) -> None:
+    """The extractor writes float32 and CLAP's input batch norm does not cast: the adapter does."""
+    from modaltune.tasks.base import ModelOptions
+
+    task = create_task("classify", labels=LABELS)
+    half = task.load(tiny_clap, options=ModelOptions(dtype="bf16"))
+    full = task.load(tiny_clap)
+    assert next(half.model.backbone.parameters()).dtype == torch.bfloat16
+    items = _items(3)
+    with torch.no_grad():
+        logits = task.outputs(half, task.collate(half, items))["logits"]
+        reference = task.outputs(full, task.collate(full, items))["logits"]
+    assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
+    torch.testing.assert_close(logits, reference, atol=0.5, rtol=0.05)  # bf16 keeps 8 bits of mantissa
+
+
 def test_the_user_prompt_wins_over_the_audio_default(tiny_clap: Path) -> None:
     _, loaded = _classify(tiny_clap, prompt_template="a recording of a {}")
     backbone = loaded.model.backbone

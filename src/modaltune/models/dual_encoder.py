@@ -310,8 +310,11 @@ class ClapAdapter(DualEncoderAdapter):
 
     def media_features(self, model: nn.Module, inputs: Inputs) -> torch.Tensor:
         fn = cast(Callable[..., Any], model.get_audio_features)
-        return F.normalize(_pooled(fn(input_features=inputs["input_features"], is_longer=inputs.get("is_longer"))),
-                           dim=-1)
+        return F.normalize(_pooled(fn(input_features=_in_dtype_of(model, inputs["input_features"]),
+                                      is_longer=inputs.get("is_longer"))), dim=-1)
+
+    def pooled_media(self, model: nn.Module, inputs: Inputs) -> torch.Tensor:
+        return super().pooled_media(model, {**inputs, "input_features": _in_dtype_of(model, inputs["input_features"])})
 
     def logit_scale(self, model: nn.Module) -> torch.Tensor:
         # logits_per_audio = audio @ text.T * exp(logit_scale_a)
@@ -340,7 +343,7 @@ class ClapAdapter(DualEncoderAdapter):
         frames = encoder.spec_size // encoder.freq_ratio * encoder.freq_ratio
 
         def bottom(inputs: Inputs) -> torch.Tensor:
-            features = inputs["input_features"].transpose(1, 3)
+            features = _in_dtype_of(model, inputs["input_features"]).transpose(1, 3)
             hidden = encoder.reshape_mel2img(encoder.batch_norm(features).transpose(1, 3))
             hidden = encoder.patch_embed(hidden, None)
             for i, stage in enumerate(stages[:cut]):
@@ -362,6 +365,12 @@ class ClapAdapter(DualEncoderAdapter):
             return F.normalize(projection(pooled), dim=-1)
 
         return bottom, top
+
+
+def _in_dtype_of(model: nn.Module, features: torch.Tensor) -> torch.Tensor:
+    """Float features in the model's dtype: the extractor writes float32, and CLAP's input batch norm
+    (unlike CLIP's patch embedding) does not cast, so a model loaded in bf16/fp16 would fail on them."""
+    return features.to(next(model.parameters()).dtype)
 
 
 def _centre_crop(clip: Any, max_samples: int, truncation: str) -> Any:
