@@ -262,8 +262,12 @@ def is_media_name(name: str) -> bool:
     return f is not None and f.media
 
 
-def known_names() -> set[str]:
-    return set(_BY_NAME)
+def is_field_name(name: str) -> bool:
+    return name in _BY_NAME
+
+
+def known_names() -> list[str]:
+    return sorted(_BY_NAME)
 
 
 def as_fields(require: Iterable[Field | str]) -> tuple[Field, ...]:

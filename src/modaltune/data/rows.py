@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
-from modaltune.data.fields import is_media_name, known_names
+from modaltune.data.fields import is_field_name, is_media_name, known_names
 
 
 def _frozen(value: Any) -> Any:
@@ -40,10 +40,9 @@ class Example:
                  extra: Mapping[str, Any] | None = None, **named: Any) -> None:
         vals = dict(values or {})
         refs = {k: Path(v) for k, v in (media or {}).items()}
-        known = known_names()
         for name, value in named.items():
-            if name not in known:
-                raise TypeError(f"Example has no field {name!r}; registered fields: {', '.join(sorted(known))}")
+            if not is_field_name(name):
+                raise TypeError(f"Example has no field {name!r}; registered fields: {', '.join(known_names())}")
             if value is None:
                 continue
             if is_media_name(name):
@@ -57,7 +56,7 @@ class Example:
 
     def __getattr__(self, name: str) -> Any:
         # Only called for names that are not slots: registered fields read as None when absent.
-        if not name.startswith("__") and name in known_names():
+        if not name.startswith("__") and is_field_name(name):
             return self.get(name)
         raise AttributeError(f"{type(self).__name__!s} has no attribute {name!r}")
 
