@@ -15,9 +15,6 @@ from modaltune.data.fields import Field, FieldError, as_fields, describe, field_
 from modaltune.data.rows import BadRow, Row
 from modaltune.errors import DataError
 
-#: Kinds of media a manifest column may name (each the kind of a registered media decoder).
-MEDIA_FIELDS = ("image", "audio")
-
 
 class LineError(NamedTuple):
     """A record that is broken before it can become a row (the caller adds the row id)."""
