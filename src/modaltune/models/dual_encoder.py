@@ -11,6 +11,7 @@ shape.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, cast
@@ -49,8 +50,9 @@ def _symmetric_infonce(logits_per_text: torch.Tensor) -> torch.Tensor:
     return (F.cross_entropy(logits_per_text, target) + F.cross_entropy(logits_per_text.T, target)) / 2
 
 
-class DualEncoderAdapter(ModelAdapter):
-    """Architecture facts of a media–text dual encoder. Subclasses set the class attributes."""
+class DualEncoderAdapter(ModelAdapter, ABC):
+    """Architecture facts of a media–text dual encoder. Subclasses set the class attributes and
+    implement the abstract methods (what differs between image and audio towers)."""
 
     #: The kind of media the non-text tower reads (a media decoder kind: ``"image"``, ``"audio"``).
     media_kind: ClassVar[str]
@@ -94,15 +96,15 @@ class DualEncoderAdapter(ModelAdapter):
         """Options for the media decoder, so decoded media arrive as the processor expects them."""
         return {}
 
+    @abstractmethod
     def preprocessing(self, processor: Any) -> dict[str, Any]:
         """What the media inputs depend on besides the file (part of a feature cache key)."""
-        raise NotImplementedError
 
     # ---- inputs --------------------------------------------------------------------------------
 
+    @abstractmethod
     def media_inputs(self, processor: Any, media: list[Any]) -> Inputs:
         """Decoded media (PIL images, float32 waveforms at ``media_options``' rate) → model inputs."""
-        raise NotImplementedError
 
     def text_max_length(self, processor: Any, model: nn.Module) -> int:
         limit = int(hf_config(model).text_config.max_position_embeddings) - self.position_offset
@@ -118,9 +120,9 @@ class DualEncoderAdapter(ModelAdapter):
     def embed_dim(self, model: nn.Module) -> int:
         return int(hf_config(model).projection_dim)
 
+    @abstractmethod
     def media_features(self, model: nn.Module, inputs: Inputs) -> torch.Tensor:
         """The normalised, projected embedding of each media input."""
-        raise NotImplementedError
 
     def text_features(self, model: nn.Module, inputs: Inputs) -> torch.Tensor:
         fn = cast(Callable[..., Any], model.get_text_features)
