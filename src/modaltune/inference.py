@@ -35,13 +35,32 @@ def compute_outputs(
             batch = {k: v.to(device) for k, v in batch.items()}
             with autocast() if autocast is not None else nullcontext():
                 out = task.outputs(loaded, batch)
-            for key, value in out.items():
-                value = value.detach().cpu()
-                # Generated token ids stay integers; everything else is compared in fp32.
-                parts.setdefault(key, []).append(value.float() if value.is_floating_point() else value)
+            for key, value in _on_cpu(out).items():
+                parts.setdefault(key, []).append(value)
     finally:
         model.train(was_training)
     return {k: torch.cat(v) for k, v in parts.items()}
+
+
+def _on_cpu(outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # Generated token ids stay integers; everything else is compared in fp32.
+    return {k: v.detach().cpu().float() if v.is_floating_point() else v.detach().cpu() for k, v in outputs.items()}
+
+
+@torch.no_grad()
+def predict_items(task: Task, loaded: Loaded, items: Sequence[tuple[Row, dict[str, Any]]]) -> list[dict]:
+    """Predictions for examples whose media are decoded already, as one batch: the server's path, where
+    uploads are decoded and checked as they arrive and then batched across requests."""
+    model = loaded.model
+    was_training = model.training
+    model.eval()
+    try:
+        device = model_device(loaded)
+        batch = {k: v.to(device) for k, v in task.collate(loaded, list(items)).items()}
+        outputs = _on_cpu(task.outputs(loaded, batch))
+    finally:
+        model.train(was_training)
+    return task.predict(loaded, outputs, [row for row, _ in items])
 
 
 def eval_rows(task: Task, rows: Sequence[Row]) -> list[Row]:
