@@ -1,0 +1,233 @@
+"""Small, real chat vision-language models built offline and saved in standard Hugging Face format.
+
+The chat family's companion of `modaltune.testing.tiny_vl`: for each architecture a byte-level BPE
+tokenizer trained on the given texts plus the model's own special tokens (so any text encodes, with
+character offsets), a tiny config sized to it, random weights from a seed, the model's own image
+processor and processor, and a chat template in the model's own turn format. Everything is written
+with `save_pretrained` and loads back through ``AutoModelForImageTextToText`` and
+``AutoProcessor.from_pretrained`` as the hub checkpoint it stands in for would:
+
+- `build_llava`: ``LlavaForConditionalGeneration`` (CLIP vision tower, Llama text model), like
+  llava-hf/llava-1.5-7b-hf; ``USER: … ASSISTANT: …</s>`` turns, 16 image tokens per image;
+- `build_qwen2_vl`: ``Qwen2VLForConditionalGeneration`` like Qwen/Qwen2-VL-2B-Instruct; ChatML turns,
+  image tokens from the image's size (dynamic resolution: 4 tokens per 8x8 pixels);
+- `build_idefics3`: ``Idefics3ForConditionalGeneration`` like HuggingFaceTB/SmolVLM-Instruct's
+  architecture; ``User:… Assistant: …<end_of_utterance>`` turns, images split into tiles plus a
+  global image, 4 tokens each;
+- `build_paligemma`: ``PaliGemmaForConditionalGeneration`` like google/paligemma-3b-pt-224; no chat
+  template (prefix/suffix through the processor's ``suffix=``), 16 image tokens.
+
+The chat templates wrap each assistant message and its end-of-turn token in
+``{% generation %}…{% endgeneration %}``, so ``apply_chat_template(return_assistant_tokens_mask=True)``
+gives an assistant mask straight from the template; tests compare it with the mask modaltune
+computes without the markers (real checkpoints' templates mostly lack them). Dropout is off.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
+
+# torch and transformers are imported inside the functions that need them, as in `modaltune.testing.tiny_clip`.
+
+#: Words every tiny chat tokenizer is trained on besides the caller's texts, so that common chat
+#: text (system prompts, questions, numbers) encodes to short token sequences.
+BASE_TEXTS = (
+    "You are a helpful assistant. Answer the question about the image. Describe the picture.",
+    "What colour is the shape? How many shapes are there? Where is the circle? Is it on the left?",
+    "There is one red circle on the left and two blue squares at the top right bottom centre.",
+    "yes no maybe zero one two three four five six seven eight nine ten 0 1 2 3 4 5 6 7 8 9",
+    "green yellow purple orange white black grey pink brown triangle star cross diamond ring heart",
+    "Thank you. Please tell me more. Which one is bigger? The first image and the second image.",
+)
+
+
+@dataclass(frozen=True)
+class TinyChatSize:
+    """Sizes of a tiny chat VLM: every tower has ``layers`` blocks of width ``hidden``."""
+
+    hidden: int = 32
+    layers: int = 2
+    heads: int = 4
+    intermediate: int = 64
+    image_size: int = 32
+    patch_size: int = 8
+    vocab_size: int = 600  # BPE target; the special tokens come on top
+    max_positions: int = 1024
+
+
+def _text_parts(name: str = "message") -> str:
+    """Jinja for a message's content: a plain string, or typed parts in order (``{{'<image>'}}`` per image)."""
+    return (
+        f"{{%- if {name}['content'] is string -%}}{{{{ {name}['content'] }}}}"
+        f"{{%- else -%}}{{%- for part in {name}['content'] -%}}"
+        "{%- if part['type'] == 'image' -%}{{ image_placeholder }}"
+        "{%- elif part['type'] == 'text' -%}{{ part['text'] }}{%- endif -%}"
+        "{%- endfor -%}{%- endif -%}"
+    )
+
+
+def _template(*, system: str, user: str, assistant: str, assistant_end: str, generation_prompt: str,
+              image_placeholder: str, bos: str = "") -> str:
+    """A chat template: ``bos``, then each turn as ``<prefix>content<suffix>``; the assistant's content
+    and ``assistant_end`` (its end-of-turn token) inside ``{% generation %}``.
+
+    Each of ``system``, ``user``, ``assistant`` is ``prefix|suffix``; newlines are written as
+    ``{{ '\\n' }}`` since transformers renders templates with ``trim_blocks``.
+    """
+    def turn(spec: str) -> tuple[str, str]:
+        prefix, suffix = spec.split("|")
+        return _literal(prefix), _literal(suffix)
+
+    sp, ss = turn(system)
+    up, us = turn(user)
+    ap, as_ = turn(assistant)
+    return (
+        f"{{%- set image_placeholder = {image_placeholder!r} -%}}"
+        + (_literal(bos) if bos else "")
+        + "{%- for message in messages -%}"
+        + "{%- if message['role'] == 'system' -%}" + sp + _text_parts() + ss
+        + "{%- elif message['role'] == 'user' -%}" + up + _text_parts() + us
+        + "{%- elif message['role'] == 'assistant' -%}" + ap
+        + "{%- generation -%}" + _text_parts() + _literal(assistant_end) + "{%- endgeneration -%}" + as_
+        + "{%- endif -%}{%- endfor -%}"
+        + "{%- if add_generation_prompt -%}" + _literal(generation_prompt) + "{%- endif -%}"
+    )
+
+
+def _literal(text: str) -> str:
+    return "{{ " + repr(text) + " }}" if text else ""
+
+
+LLAVA_TEMPLATE = _template(system="|\n", user="USER: | ", assistant="ASSISTANT: | ", assistant_end="</s>",
+                           generation_prompt="ASSISTANT:", image_placeholder="<image>")
+
+
+# --------------------------------------------------------------------------- tokenizer
+
+
+def build_bpe_tokenizer(
+    texts: Iterable[str],
+    *,
+    specials: Sequence[str],
+    vocab_size: int = TinyChatSize.vocab_size,
+    bos: str | None = None,
+    eos: str | None = None,
+    pad: str | None = None,
+    unk: str | None = None,
+    prepend_bos: bool = False,
+    extra_tokens: Sequence[str] = (),
+    model_max_length: int = TinyChatSize.max_positions,
+) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer (GPT-2 style: any text encodes, offsets map tokens to characters)
+    trained on ``texts`` and `BASE_TEXTS`; ``specials`` come first (ids 0…), then the merges.
+
+    ``prepend_bos`` adds ``bos`` in front of every encoded text as Llama's and Gemma's tokenizers do
+    (a post-processor, so ``add_special_tokens=False`` leaves it out). ``extra_tokens`` are added as
+    special tokens after the merges (the image tokens of a model that keeps them out of the base vocab).
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=1, special_tokens=list(specials),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator([*BASE_TEXTS, *texts], trainer=trainer)
+    if prepend_bos:
+        if bos is None:
+            raise ValueError("prepend_bos needs a bos token")
+        bos_id = tok.token_to_id(bos)
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, bos_id)])
+    else:
+        tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    named = {"bos_token": bos, "eos_token": eos, "pad_token": pad, "unk_token": unk}
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=model_max_length,
+                                        **{k: v for k, v in named.items() if v is not None})
+    named_values = {v for v in named.values() if v is not None}
+    others = [t for t in [*specials, *extra_tokens] if t not in named_values]
+    if others:
+        tokenizer.add_special_tokens({"additional_special_tokens": others})
+    return tokenizer
+
+
+def _save(out_dir: Path, model: Any, processor: Any) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    return out_dir
+
+
+def _llama_text(size: TinyChatSize, tokenizer: Any, *, kv_heads: int = 1) -> dict[str, Any]:
+    return {
+        "model_type": "llama", "vocab_size": len(tokenizer), "hidden_size": size.hidden,
+        "intermediate_size": size.intermediate, "num_hidden_layers": size.layers,
+        "num_attention_heads": size.heads, "num_key_value_heads": kv_heads,
+        "max_position_embeddings": size.max_positions, "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+        "attention_dropout": 0.0, "tie_word_embeddings": False,
+    }
+
+
+def _vision(size: TinyChatSize) -> dict[str, Any]:
+    return {
+        "hidden_size": size.hidden, "intermediate_size": size.intermediate, "num_hidden_layers": size.layers,
+        "num_attention_heads": size.heads, "image_size": size.image_size, "patch_size": size.patch_size,
+        "attention_dropout": 0.0,
+    }
+
+
+def _init_kwargs(cls: type, **kwargs: Any) -> dict[str, Any]:
+    """The keyword arguments ``cls.__init__`` takes, of ``kwargs`` (names moved between versions)."""
+    params = inspect.signature(cls).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return kwargs
+    return {k: v for k, v in kwargs.items() if k in params}
+
+
+# --------------------------------------------------------------------------- LLaVA
+
+
+def build_llava(out_dir: Path, *, texts: Iterable[str] = (), seed: int = 0,
+                size: TinyChatSize = TinyChatSize()) -> Path:
+    """A tiny ``LlavaForConditionalGeneration`` + ``LlavaProcessor`` with a chat template in ``out_dir``.
+
+    As llava-1.5: CLIP vision tower whose second-to-last layer feeds a 2-layer GELU projector, the
+    CLS feature dropped (``vision_feature_select_strategy="default"``), so a 32 px image at patch 8 is
+    16 ``<image>`` tokens; a Llama tokenizer that prepends ``<s>``; turns ``USER: … ASSISTANT: …</s>``.
+    """
+    import torch
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    out_dir = Path(out_dir)
+    tokenizer = build_bpe_tokenizer(texts, specials=["<unk>", "<s>", "</s>", "<pad>", "<image>"], bos="<s>",
+                                    eos="</s>", pad="<pad>", unk="<unk>", prepend_bos=True,
+                                    vocab_size=size.vocab_size)
+    image_token_id = tokenizer.convert_tokens_to_ids("<image>")
+    text = _llama_text(size, tokenizer)
+    text.pop("model_type")
+    fields: dict[str, Any] = {  # image_token_id: the 5.x name (4.x: image_token_index)
+        "vision_config": CLIPVisionConfig(**_vision(size), projection_dim=size.hidden),
+        "text_config": LlamaConfig(**text), "image_token_id": image_token_id, "image_token_index": image_token_id,
+        "projector_hidden_act": "gelu", "vision_feature_select_strategy": "default", "vision_feature_layer": -2,
+    }
+    config = LlavaConfig(**fields)
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config).eval()
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": size.image_size},
+                                            crop_size={"height": size.image_size, "width": size.image_size})
+    processor = LlavaProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, chat_template=LLAVA_TEMPLATE,
+        **_init_kwargs(LlavaProcessor, patch_size=size.patch_size, num_additional_image_tokens=1,
+                       vision_feature_select_strategy="default", image_token="<image>"),
+    )
+    return _save(out_dir, model, processor)
