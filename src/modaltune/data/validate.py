@@ -42,6 +42,13 @@ REASONS: dict[str, str] = {
     "bad_csv": "the CSV line has more cells than the header has columns",
     "missing_field": "a field the task needs is absent",
     "unsupported_file": "a file or folder that is not part of a supported layout",
+    "bad_box": "a box is not 4 finite numbers, or has a negative width or height as written",
+    "degenerate_box": "a box has no width or no height left inside the image",
+    "box_outside_image": ("a box lies outside the image by more than the tolerance (2 px or 1 % of the longer "
+                          "side); boxes outside by less are clipped and counted under 'fixed'"),
+    "unknown_category": "a box's category is not one of the file's categories (or the training data's)",
+    "image_size_mismatch": ("the annotation's image width/height is not the decoded image's (EXIF rotation "
+                            "applied), so its boxes would land on the wrong pixels"),
 }
 
 #: Longest audio clip accepted by default, in seconds (``--max-audio-seconds``). Covers the common
@@ -97,6 +104,12 @@ def _check_row(row: Row, fields: tuple[Field, ...], known_labels: set[str] | Non
         return BadRow(
             row.id, "unknown_label", f"label {row.label!r} is not one of the known labels ({known})"
         )
+    if known_labels is not None:  # a detection row's box labels are its labels
+        unknown = sorted({b.label for b in row.get("boxes") or () if getattr(b, "label", None) not in known_labels})
+        if unknown:
+            known = ", ".join(sorted(known_labels)[:10]) + (", …" if len(known_labels) > 10 else "")
+            return BadRow(row.id, "unknown_category",
+                          f"box categories {', '.join(map(repr, unknown))} are not among the known ones ({known})")
     for kind, path in row.media.items():
         try:
             get_decoder(kind).check(path, **options)
@@ -110,6 +123,21 @@ def _natural_key(row_id: str) -> list[Any]:
     return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", row_id)]
 
 
+def _label_counts(rows: Sequence[Row]) -> dict[str, int]:
+    """Rows per label; for detection rows (boxes, no label), boxes per category."""
+    counts = Counter(r.label for r in rows if r.label is not None)
+    counts.update(b.label for r in rows if r.label is None for b in r.get("boxes") or ())
+    return dict(sorted(counts.items()))
+
+
+def _fixed_counts(rows: Iterable[Row]) -> dict[str, int]:
+    """What readers repaired on the usable rows (``extra["fixed"]``: reason → count), summed."""
+    total: Counter[str] = Counter()
+    for row in rows:
+        total.update(row.extra.get("fixed") or {})
+    return dict(sorted(total.items()))
+
+
 @dataclass
 class DataReport:
     """What was read from ``source`` and what was wrong with it; saved as ``data_report.json``."""
@@ -120,6 +148,8 @@ class DataReport:
     bad: list[BadRow] = field(default_factory=list)
     label_counts: dict[str, int] = field(default_factory=dict)
     skipped: bool = False  # True when the bad rows were left out (skip_bad) rather than fatal
+    #: Problems repaired rather than fatal, reason → count (boxes just outside the image, clipped).
+    fixed: dict[str, int] = field(default_factory=dict)
 
     def reason_counts(self) -> dict[str, int]:
         return dict(sorted(Counter(b.reason for b in self.bad).items()))
@@ -132,6 +162,7 @@ class DataReport:
             "rows_bad": len(self.bad),
             "skipped": self.skipped,
             "reasons": self.reason_counts(),
+            "fixed": dict(self.fixed),
             "label_counts": dict(self.label_counts),
             "bad": [b.to_dict() for b in self.bad],
         }
@@ -172,8 +203,9 @@ def load_dataset(
         rows_read=len(rows) + len(format_bad),
         rows_ok=len(good),
         bad=bad,
-        label_counts=dict(sorted(Counter(r.label for r in good if r.label is not None).items())),
+        label_counts=_label_counts(good),
         skipped=skip_bad and bool(bad),
+        fixed=_fixed_counts(good),
     )
     if bad and (not skip_bad or not good):
         meanings = "\n".join(
