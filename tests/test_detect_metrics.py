@@ -138,6 +138,7 @@ def test_matches_cocoeval_on_a_hand_made_case():
     assert per_class["triangle"] is None and m["ap_per_class"]["triangle"] is None
     assert m["ap_per_class"] == pytest.approx(per_class, abs=1e-12)
     # the per-image layout with class indices gives the same numbers
-    per_image = [{"boxes": [_xyxy(b) for _, b, _ in DT[image]], "labels": [CATS.index(label) for label, _, _ in DT[image]],
+    per_image = [{"boxes": [_xyxy(b) for _, b, _ in DT[image]],
+                  "labels": [CATS.index(label) for label, _, _ in DT[image]],
                   "scores": [s for _, _, s in DT[image]]} for image in GT]
     assert coco_metrics(per_image, truth, CATS)["map"] == pytest.approx(m["map"], abs=1e-12)
