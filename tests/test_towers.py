@@ -81,8 +81,8 @@ def test_bad_tower_settings_say_what_to_write(tiny_clip) -> None:
         apply_strategy(task, loaded, "towers", towers="text=full")
     with pytest.raises(ConfigError, match="has 2 blocks"):
         apply_strategy(task, loaded, "towers", towers="vision=last-n:9")
-    with pytest.raises(ConfigError, match="combines with frozen towers and a trained head only"):
-        apply_strategy(*_loaded("retrieve", tiny_clip), "towers", towers="vision=lora,text=full")
+    with pytest.raises(ConfigError, match="combines with frozen towers, towers trained in full"):
+        apply_strategy(*_loaded("retrieve", tiny_clip), "towers", towers="vision=lora,text=last-n:1")
     with pytest.raises(ConfigError, match="only applies to --strategy towers"):
         apply_strategy(task, loaded, "full", towers="vision=full")
 

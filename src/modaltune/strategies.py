@@ -100,8 +100,12 @@ def apply_strategy(
     model = loaded.model
     if strategy not in STRATEGIES:
         raise ConfigError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    if towers is not None and strategy == "lora":
+        strategy = "towers"  # --strategy lora --components 'vision=frozen,projector=full,language=lora'
+        if not any(setting.mode == "lora" for setting in parse_towers(towers).values()):
+            raise ConfigError("--strategy lora with --components/--towers needs a component set to lora")
     if towers is not None and strategy != "towers":
-        raise ConfigError(f"--towers only applies to --strategy towers (got strategy {strategy!r})")
+        raise ConfigError(f"--towers only applies to --strategy towers or lora (got strategy {strategy!r})")
     if strategy != "last-n" and layers is not None and strategy != "auto":
         raise ConfigError(f"--layers only applies to --strategy last-n (got strategy {strategy!r})")
 
@@ -183,12 +187,16 @@ def _apply_towers(task: Task, loaded: Loaded, settings: dict[str, TowerSetting],
 
     model.requires_grad_(False)
     if lora_towers:
+        # A tower trained in full beside LoRA adapters is trained (and saved in adapter/) whole, as
+        # PEFT's modules_to_save: LLaVA's stage 2 is projector=full with language=lora.
+        whole = [module for name, setting in settings.items() if setting.mode == "full" and name in towers
+                 for module in adapter.component_modules(backbone, name)]
         _wrap_lora(model, adapter.lora_pattern(backbone, lora_towers), options,
-                   task.lora_modules_to_save(loaded) if head_trains else [])
+                   whole + (task.lora_modules_to_save(loaded) if head_trains else []))
     inner = "backbone.base_model.model." if lora_towers else "backbone."
     used = _rebase(task.used_parameters(loaded), inner)
     for name, param in model.named_parameters():
-        if "lora_" in name or not any(name.startswith(p) for p in used):
+        if "lora_" in name or "original_module" in name or not any(name.startswith(p) for p in used):
             continue
         if not name.startswith(inner):
             component, relative = HEAD, name
@@ -229,9 +237,13 @@ def _check_towers(task: Task, loaded: Loaded, settings: dict[str, TowerSetting],
         if setting.mode == "last-n" and not 1 <= (setting.layers or 0) <= depth:
             raise ConfigError(f"{name}=last-n:{setting.layers}: the {name} tower has {depth} blocks")
     trained = {setting.mode for name, setting in settings.items() if name != HEAD} - {"frozen"}
-    if "lora" in trained and trained != {"lora"}:
-        raise ConfigError("a LoRA tower combines with frozen towers and a trained head only (adapter/ would not "
-                          "hold fully trained weights); use lora on several towers, or last-n/full without lora")
+    beside = [f"{name}={setting}" for name, setting in settings.items()
+              if name != HEAD and setting.mode not in ("frozen", "lora")
+              and not (setting.mode == "full" and name in towers)]
+    if "lora" in trained and beside:
+        raise ConfigError(f"a LoRA tower combines with frozen towers, towers trained in full (kept whole beside the "
+                          f"adapters) and a trained head only, not with {', '.join(beside)} (adapter/ would not hold "
+                          "those weights); use lora or full on it, or last-n without lora")
 
 
 def _rebase(prefixes: list[str], inner: str) -> list[str]:

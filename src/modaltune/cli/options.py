@@ -75,7 +75,8 @@ def _spec(flat: str, info: Any, section: str, help_text: str | None = None) -> O
     kind, choices = _kind(info.annotation)
     extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
     name = flat.replace("_", "-")
-    decls = (str(extra["flag"]),) if "flag" in extra else ((f"--{name}/--no-{name}",) if kind is bool
+    # "flag" may list several spellings, space-separated ("--towers --components")
+    decls = tuple(str(extra["flag"]).split()) if "flag" in extra else ((f"--{name}/--no-{name}",) if kind is bool
                                                            else (f"--{name}",))
     return OptionSpec(flat, decls, kind, help_text or _help(info, choices), section)
 

@@ -37,6 +37,8 @@ class ModelSection(Section):
     device_map: str | None = Field(default=None, description="where the weights go, e.g. auto (needs accelerate), cpu")
     attn_implementation: str | None = Field(
         default=None, description="attention kernel: eager | sdpa | flash_attention_2")
+    quantize: Literal["4bit", "8bit"] | None = Field(default=None, description=(
+        "load the base weights quantized with bitsandbytes (QLoRA; CUDA only), for LoRA strategies"))
     trust_remote_code: bool = Field(default=False, description="allow model code from the hub",
                                     json_schema_extra=_extra(flag="--trust-remote-code"))
 
@@ -113,9 +115,11 @@ class StrategySection(Section):
 
     name: Strategy = Field(default="full", json_schema_extra=_extra("strategy"), description="what trains")
     layers: int | None = Field(default=None, ge=1, description="last-n: how many of the last blocks per encoder train")
-    towers: str | None = Field(default=None, description=(
+    towers: str | None = Field(default=None, json_schema_extra=_extra(flag="--towers --components"), description=(
         "towers: each component on its own, e.g. 'vision=last-n:2,text=frozen,projections=full' "
-        "(modes frozen | full | last-n:N | lora; components: the model's towers, projections, head)"))
+        "(modes frozen | full | last-n:N | lora; components: the model's towers, projections, head; "
+        "chat models: vision, projector, language, e.g. --strategy lora --components "
+        "'vision=frozen,projector=full,language=lora')"))
     lora_rank: int = Field(default=8, ge=1, description="LoRA rank")
     lora_alpha: int = Field(default=16, ge=1, description="LoRA scaling alpha")
     lora_dropout: float = Field(default=0.0, ge=0, lt=1, description="LoRA dropout")
@@ -152,6 +156,19 @@ class RuntimeSection(Section):
     compile: bool = Field(default=False, description="torch.compile the blocks")
     grad_checkpointing: bool = Field(default=False, description="trade compute for activation memory")
     eval_batch_size: int = Field(default=64, ge=1, description="batch size of evaluation and caching")
+    report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(default_factory=list, description=(
+        "experiment trackers that also get the run, comma-separated: tensorboard,mlflow,wandb (default: none)"))
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _tracker_list(cls, value: Any) -> Any:
+        """``tensorboard,mlflow`` as the command line gives it; ``none`` (or null) for none."""
+        if value is None:
+            return []
+        if isinstance(value, str):
+            names = [v.strip().lower() for v in value.split(",") if v.strip()]
+            return [] if names == ["none"] else list(dict.fromkeys(names))
+        return value
 
 
 #: The fixed sections of a run config, in the order config.yaml lists them.

@@ -196,7 +196,8 @@ class TrainConfig(BaseModel):
             raise ValueError(f"layers is only used by strategy last-n (strategy is {strategy.name!r})")
         if strategy.name == "last-n" and strategy.layers is None:
             raise ValueError("strategy last-n needs layers (how many of the last blocks per encoder train)")
-        if (strategy.towers is not None) != (strategy.name == "towers"):
+        # --strategy lora --components '...' is the per-component strategy with LoRA somewhere in it
+        if (strategy.towers is not None) != (strategy.name == "towers") and strategy.name != "lora":
             raise ValueError("strategy towers and towers go together: --strategy towers --towers "
                              "'vision=last-n:2,text=frozen,projections=full'")
         if strategy.towers is not None:
@@ -211,6 +212,9 @@ class TrainConfig(BaseModel):
         if strategy.name in ("zero-shot", "scratch") and (transfer.wise_ft is not None or transfer.l2sp):
             why = "does not train" if strategy.name == "zero-shot" else "does not start from them"
             raise ValueError(f"wise_ft and l2sp pull towards the pretrained weights; strategy {strategy.name!r} {why}")
+        if self.model.quantize is not None and strategy.name not in ("lora", "towers", "zero-shot"):
+            raise ValueError(f"quantize {self.model.quantize}: quantized weights cannot be trained directly; use "
+                             "strategy lora (QLoRA) or towers with lora components")
         if strategy.name == "zero-shot" and transfer.replay is not None:
             raise ValueError("replay mixes old data into training; strategy zero-shot does not train")
         return self
@@ -243,7 +247,8 @@ class TrainConfig(BaseModel):
         """The loading options of the base model (dtype, device map, attention kernel)."""
         from modaltune.tasks.base import ModelOptions
 
-        return ModelOptions(self.model.dtype, self.model.device_map, self.model.attn_implementation)
+        return ModelOptions(self.model.dtype, self.model.device_map, self.model.attn_implementation,
+                            self.model.quantize)
 
     if not TYPE_CHECKING:
         def __getattr__(self, name: str) -> Any:

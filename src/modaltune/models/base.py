@@ -74,6 +74,11 @@ class ModelAdapter:
                 best = tower
         return best.name if best else None
 
+    def component_modules(self, model: nn.Module, name: str) -> list[str]:
+        """Module paths that make up tower ``name``: what PEFT's ``modules_to_save`` trains whole when
+        the tower trains in full beside LoRA adapters elsewhere."""
+        return [self.towers(model)[name].prefix]
+
     def lora_pattern(self, model: nn.Module, towers: list[str] | None = None) -> str:
         """A PEFT ``target_modules`` regex for the attention projections inside ``towers`` (all if None)."""
         chosen = self.towers(model)
@@ -146,9 +151,13 @@ def adapter_for(model: nn.Module) -> ModelAdapter:
 
 
 def blocks_at(model: nn.Module, path: str) -> list[nn.Module]:
-    """The blocks of the stack (a ModuleList or Sequential) at ``path``, first to last."""
+    """The blocks of the stack (a ModuleList or Sequential) at ``path``, first to last; a module that is
+    not a stack (a chat model's projector) is one block."""
+    module = model.get_submodule(path)
+    if not isinstance(module, (nn.ModuleList, nn.Sequential)):
+        return [module]
     # get_submodule is typed as returning a plain Module, which is not iterable to the type checker.
-    return list(cast(Iterable[nn.Module], model.get_submodule(path)))
+    return list(cast(Iterable[nn.Module], module))
 
 
 def backbone_of(model: nn.Module) -> nn.Module:

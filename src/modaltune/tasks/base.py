@@ -41,11 +41,23 @@ class ModelOptions:
     dtype: str | None = None  # "fp32" | "bf16" | "fp16" | "auto" (the checkpoint's own); None: transformers' default
     device_map: str | None = None  # e.g. "auto" (spread over the GPUs and CPU), "cpu", "cuda:0"
     attn_implementation: str | None = None  # "eager" | "sdpa" | "flash_attention_2" | ...
+    quantize: str | None = None  # "4bit" | "8bit": bitsandbytes, CUDA only
+
+    def __post_init__(self) -> None:
+        check_quantize(self.quantize)
 
     def kwargs(self, *, from_config: bool = False) -> dict[str, Any]:
         """Keyword arguments for ``from_pretrained`` (or ``from_config``, which places nothing)."""
         dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "auto": "auto"}
         out: dict[str, Any] = {}
+        if self.quantize is not None and not from_config:
+            from transformers import BitsAndBytesConfig
+
+            compute = dtypes.get(self.dtype or "bf16", torch.bfloat16)
+            out["quantization_config"] = (
+                BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                   bnb_4bit_compute_dtype=compute if compute != "auto" else torch.bfloat16)
+                if self.quantize == "4bit" else BitsAndBytesConfig(load_in_8bit=True))
         if self.dtype is not None:
             out["dtype"] = dtypes[self.dtype] if not (from_config and self.dtype == "auto") else torch.float32
         if self.device_map is not None and not from_config:
@@ -53,6 +65,25 @@ class ModelOptions:
         if self.attn_implementation is not None:
             out["attn_implementation"] = self.attn_implementation
         return out
+
+
+QUANTIZE = ("4bit", "8bit")
+
+
+def check_quantize(quantize: str | None) -> None:
+    """--quantize needs bitsandbytes and a CUDA GPU: said before anything loads, not as a crash later."""
+    if quantize is None:
+        return
+    if quantize not in QUANTIZE:
+        raise ConfigError(f"--quantize {quantize!r}: use one of {', '.join(QUANTIZE)}")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"--quantize {quantize} loads the weights with bitsandbytes, which needs a CUDA GPU, and "
+                          "this machine has none; drop --quantize (LoRA alone still trains few parameters), or "
+                          "run on a CUDA machine")
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError(f"--quantize {quantize} needs bitsandbytes: pip install 'modaltune[quantize]'")
 
 
 @dataclass
@@ -175,6 +206,14 @@ class Task(ABC):
     def eval_rows(self, rows: list[Row]) -> list[Row]:
         """Rows as scored (captioning merges an image's captions into one row). Default: unchanged."""
         return rows
+
+    def loss_weight(self, batch: dict[str, torch.Tensor]) -> float | None:
+        """How much this micro-batch's (mean) loss weighs in an optimizer step, when it is a mean over a
+        number of items that varies by batch (a chat model's target tokens): the trainer then scales
+        each micro-batch's loss by its weight over the step's total, so the step minimises the mean
+        over every item of the accumulated batch, however it is split. Default None: micro-batches
+        weigh the same."""
+        return None
 
     def lora_modules_to_save(self, loaded: Loaded) -> list[str]:
         """Modules trained in full beside LoRA adapters (a new head). Default: none."""
