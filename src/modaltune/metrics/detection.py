@@ -43,8 +43,8 @@ _STAT_KEYS = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large",
 
 def _pycocotools() -> tuple[Any, Any]:
     try:
-        from pycocotools.coco import COCO
-        from pycocotools.cocoeval import COCOeval
+        from pycocotools.coco import COCO  # type: ignore[import-untyped]
+        from pycocotools.cocoeval import COCOeval  # type: ignore[import-untyped]
     except ImportError as exc:  # pragma: no cover - an install without the extra
         raise ImportError("COCO detection metrics need pycocotools: pip install 'modaltune[detect]'") from exc
     return COCO, COCOeval
@@ -175,7 +175,7 @@ def _category(label: Any, categories: Sequence[str], cat_ids: Mapping[str, int],
 
 
 def _predictions(predictions: Sequence[Mapping[str, Any]],
-                 image_ids: Mapping[Hashable, int]) -> list[tuple[int, Any, tuple[float, ...], float]]:
+                 image_ids: Mapping[Hashable, int]) -> list[tuple[int, Any, tuple[float, float, float, float], float]]:
     """(COCO image id, label, xyxy, score) per detection, from either prediction layout."""
     out = []
     positional = list(image_ids.values())
