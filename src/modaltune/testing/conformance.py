@@ -175,9 +175,17 @@ def expected_stack_groups(task: Task, strategy: str, loaded: Loaded) -> Callable
         prefixes = tuple(task.probe_parameters(loaded))
         return lambda names: all(n.startswith(prefixes) for n in names)
     if strategy in ("full", "scratch"):
-        return lambda names: len(names) == len(list(loaded.model.parameters()))
+        # Everything the task uses (a detector's parameters that no loss reaches stay as they are).
+        used = task.used_parameters(loaded)
+        everything = {n for n, _ in loaded.model.named_parameters()
+                      if any(n == p or (p.endswith(".") and n.startswith(p)) for p in used)}
+        return lambda names: names == everything
     if strategy == "lora":
         return lambda names: all("lora_" in n or "modules_to_save" in n for n in names)
+    from modaltune.models import adapter_for
+    from modaltune.tasks.base import unwrap
+
+    below = adapter_for(unwrap(backbone_of(loaded.model))).below_blocks
     stacks = {f"backbone.{path}.": len(blocks) for path, blocks in task.blocks(loaded).items()}
 
     def last_block_of_each_stack(names: set[str]) -> bool:
@@ -187,7 +195,7 @@ def expected_stack_groups(task: Task, strategy: str, loaded: Loaded) -> Callable
                 if n.startswith(prefix):
                     trained[prefix].add(n[len(prefix):].split(".")[0])
         return (all(blocks == {str(stacks[p] - 1)} for p, blocks in trained.items())
-                and not any("embed" in n for n in names))
+                and not any(part in n for n in names for part in below))
 
     return last_block_of_each_stack
 
