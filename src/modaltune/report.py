@@ -488,12 +488,44 @@ def _media_cell(sample: Mapping[str, Any], thumbnail: int) -> str:
 
 
 def _prediction_text(sample: Mapping[str, Any] | None) -> str:
-    """The prediction, escaped, with its score when the sample has one (a classifier's probability)."""
+    """The prediction, escaped, with its score when the sample has one (a classifier's probability);
+    a detector's sample (``"boxes"``) shows its image with the boxes drawn above the text."""
     if not sample:
         return ""
     text = _esc(sample.get("prediction", ""))
     score = sample.get("score")
-    return f"{text} ({float(score):.2f})" if score is not None and is_number(score) else text
+    text = f"{text} ({float(score):.2f})" if score is not None and is_number(score) else text
+    return _boxes_picture(sample, "boxes") + text
+
+
+def _boxes_picture(sample: Mapping[str, Any], key: str) -> str:
+    """The sample's image with ``sample[key]`` ({"box": xyxy pixels, "label", "score"?}) drawn, or ""."""
+    if key not in sample or not sample.get("image"):
+        return ""
+    from modaltune.data.media import MediaError
+    from modaltune.drawing import boxes_png_uri
+
+    try:
+        uri = boxes_png_uri(sample["image"], sample[key])
+    except (MediaError, OSError):
+        return "(image unreadable)<br>"
+    return f'<img alt="{_esc(key)}" src="{uri}"><br>'
+
+
+def _per_class_ap_section(metrics: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """A detector's AP per class, this model beside the base model when the baseline has it."""
+    ours = metrics.get("per_class_ap")
+    if not isinstance(ours, Mapping) or not ours:
+        return []
+    base = (metrics.get("zero_shot") or {}).get("per_class_ap") or {}
+    def cell(value: Any) -> str:
+        return _esc(f"{float(value):.3f}") if is_number(value) else _esc(value)
+
+    header = "<tr><th>class</th><th>AP (this model)</th>" + ("<th>AP (base model)</th>" if base else "") + "</tr>"
+    rows = "".join(f"<tr><td>{_esc(name)}</td><td>{cell(value)}</td>"
+                   + (f"<td>{cell(base.get(name, ''))}</td>" if base else "") + "</tr>" for name, value in ours.items())
+    return [("Per-class AP", f"<p>COCO AP@[.5:.95] of each class on the validation images.</p>"
+             f"<table>{header}{rows}</table>")]
 
 
 def sample_sections(metrics: dict, *, thumbnail: int = 96) -> list[tuple[str, str]]:
@@ -518,10 +550,10 @@ def sample_sections(metrics: dict, *, thumbnail: int = 96) -> list[tuple[str, st
         "<th>this model</th>" + ("<th>base model (zero-shot)</th>" if base else "") + "<th>reference(s)</th></tr>"
     rows = []
     for s in samples:
-        refs = "<br>".join(_esc(r) for r in s.get("references", []))
+        refs = _boxes_picture(s, "reference_boxes") + "<br>".join(_esc(r) for r in s.get("references", []))
         question = f"<td>{_esc(s.get('question') or '')}</td>" if has_question else ""
         zero = f"<td>{_prediction_text(base.get(s['id']))}</td>" if base else ""
         rows.append(f"<tr>{_media_cell(s, thumbnail)}{question}<td><b>{_prediction_text(s)}</b></td>{zero}"
                     f"<td>{refs}</td></tr>")
     return [("Sample predictions", f"<p>The first {len(samples)} validation examples.</p>"
-             f"<table>{header}{''.join(rows)}</table>")]
+             f"<table>{header}{''.join(rows)}</table>"), *_per_class_ap_section(metrics)]
