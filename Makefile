@@ -8,13 +8,13 @@ STAMP := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.13.0
 DEMO_OUT ?= demo-output
 
-.PHONY: demo test test-fast venv java lint clean
+.PHONY: demo test test-fast test-browser venv java browser lint clean
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,serve,serve-test]"
 	@touch $(STAMP)
 
 venv: $(STAMP)
@@ -33,8 +33,21 @@ java:
 	    { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq default-jre-headless >/dev/null 2>&1; }; }; } || \
 	  echo "note: no Java runtime here; the caption tests check the Python PTB tokenizer against stored Java output"
 
-test: $(STAMP) java
+# The server's page is tested in a real headless Chromium (tests/test_serve_browser.py, Playwright). Playwright's
+# own browser download needs its CDN, so Chromium comes from the OS packages where this user may install them;
+# without one the test is skipped and says why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  { apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 || \
+	    { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1; }; }; } || \
+	  echo "note: no Chromium here (nor root and apt-get to install it); the browser test will be skipped"
+
+test: $(STAMP) java browser
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q --durations=10
+
+test-browser: $(STAMP) browser
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q tests/test_serve_browser.py
 
 test-fast: $(STAMP) java
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q -m "not slow"

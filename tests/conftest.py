@@ -68,6 +68,19 @@ def caption_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_caption_corpus(tmp_path_factory.mktemp("captions"), N_CAPTIONS, seed=0, image_size=32)
 
 
+@pytest.fixture(scope="session")
+def tiny_clip_run(tmp_path_factory: pytest.TempPathFactory, tiny_clip: Path, shape_folder: Path) -> Path:
+    """A finished classify run of the tiny CLIP on the shapes (linear probe, 1 epoch): a run directory
+    with model/, metrics.json and config.yaml, for tests that serve or export a run."""
+    from modaltune import api
+    from modaltune.config import build_config
+
+    output = tmp_path_factory.mktemp("clip-run") / "run"
+    api.train(build_config(task="classify", model=str(tiny_clip), data=str(shape_folder), strategy="linear-probe",
+                           epochs=1, batch_size=4, output=str(output)))
+    return output
+
+
 # ---- vision-language families (vqa, caption) ----------------------------------------------------
 
 VL_IMAGE_SIZE = 32

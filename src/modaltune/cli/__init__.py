@@ -327,6 +327,8 @@ def bench_transfer(
                     rerun=_split_list(rerun), console=console)
 
 
+from modaltune.cli import serve as _serve  # noqa: E402, F401  (registers `modaltune serve`)
+
 #: Typer 0.2x vendors its own click: the usage errors it raises (a missing or malformed option, a
 #: `typer.BadParameter` from a command) are not `click.ClickException`s, and were reported as
 #: internal errors (exit 1) instead of bad usage (exit 2).

@@ -1,0 +1,149 @@
+"""The server's web page in a real headless browser: `modaltune serve` on a free port, Chromium driven by Playwright.
+
+Chromium comes from the OS packages (`make browser` installs it where it may); Playwright's own
+browser download needs its CDN, which is not always reachable. Without a browser the test is skipped
+and says why.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright: pip install -e '.[serve-test]'")
+pytest.importorskip("fastapi", reason="the server needs the serve extra: pip install -e '.[serve]'")
+try:
+    import httpx2 as httpx
+except ImportError:  # Python 3.10: httpx
+    httpx = pytest.importorskip("httpx", reason="needs httpx2 (or httpx): pip install -e '.[serve-test]'")
+
+pytestmark = pytest.mark.slow
+
+#: Where the screenshots go besides the test's tmp dir (e.g. a CI artifacts folder), when set.
+ARTIFACTS = os.environ.get("MODALTUNE_TEST_ARTIFACTS")
+_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def _chromium(playwright) -> str | None:
+    """A Chromium to drive: $MODALTUNE_CHROMIUM, the OS package's, else Playwright's own download."""
+    for name in (os.environ.get("MODALTUNE_CHROMIUM"), "chromium", "chromium-browser", "google-chrome"):
+        found = shutil.which(name) if name else None
+        if found:
+            return found
+    bundled = playwright.chromium.executable_path
+    return bundled if bundled and Path(bundled).is_file() else None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server(tiny_clip_run: Path, tmp_path_factory: pytest.TempPathFactory):
+    """`modaltune serve RUN` in a subprocess: the CLI, uvicorn and the app as a user runs them."""
+    port = _free_port()
+    log = tmp_path_factory.mktemp("serve-log") / "server.log"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    with log.open("w") as out:
+        process = subprocess.Popen([sys.executable, "-m", "modaltune.cli", "serve", str(tiny_clip_run), "--port",
+                                    str(port), "--batch-wait-ms", "0"], stdout=out, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.time() + 120
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"modaltune serve exited with {process.returncode}:\n{log.read_text()}")
+            try:
+                if httpx.get(url + "health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.time() > deadline:
+                pytest.fail(f"modaltune serve did not answer within 120 s:\n{log.read_text()}")
+            time.sleep(0.25)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _screenshot(page, path: Path) -> Path:
+    page.screenshot(path=str(path), full_page=True)
+    if ARTIFACTS:
+        Path(ARTIFACTS).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, Path(ARTIFACTS) / path.name)
+    return path
+
+
+def _shown(page) -> dict:
+    """What the page shows: the headline, the bars (name, score) and the JSON answer it received."""
+    page.wait_for_selector("#result:not([hidden])", timeout=30_000)
+    bars = page.eval_on_selector_all("#bars .bar", "els => els.map(e => [e.dataset.name, Number(e.dataset.score)])")
+    return {"answer": page.text_content("#answer"), "bars": [tuple(b) for b in bars],
+            "raw": json.loads(page.text_content("#raw") or "{}")}
+
+
+def test_page_shows_the_prediction_of_predict_and_the_error_of_a_bad_upload(server, shape_folder, tmp_path):
+    image = sorted((shape_folder / "val").rglob("*.png"))[0]
+    not_image = tmp_path / "notes.txt"
+    not_image.write_text("this is not an image")
+    expected = httpx.post(server + "predict", files={"file": (image.name, image.read_bytes(), "image/png")},
+                          timeout=60).json()["predictions"][0]
+    relabelled = httpx.post(server + "predict", files={"file": (image.name, image.read_bytes(), "image/png")},
+                            data={"labels": "red, blue"}, timeout=60).json()["predictions"][0]
+
+    with sync_api.sync_playwright() as playwright:
+        executable = _chromium(playwright)
+        if executable is None:
+            pytest.skip("no Chromium: install the OS package (`make browser`, or apt-get install chromium) or "
+                        "`playwright install chromium`")
+        browser = playwright.chromium.launch(executable_path=executable, headless=True, args=_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 800})
+            page.goto(server)
+            page.wait_for_function("document.getElementById('title').textContent.includes('classify')")
+            card = page.text_content("#card") or ""
+            assert "linear-probe" in card and "circle, square, triangle" in card and "accuracy" in card
+
+            page.set_input_files("#file", str(image))
+            page.click("#submit")
+            shown = _shown(page)
+            _screenshot(page, tmp_path / "serve-page-prediction.png")
+            assert shown["raw"]["predictions"][0] == expected, "the page shows what POST /predict answers"
+            assert shown["answer"] == expected["label"]
+            assert shown["bars"] == [(t["label"], t["score"]) for t in expected["top"]]
+
+            page.fill("#labels", "red, blue")  # zero-shot over typed labels
+            page.click("#submit")
+            page.wait_for_function("document.querySelectorAll('#bars .bar').length === 2")
+            shown = _shown(page)
+            assert shown["raw"]["predictions"][0] == relabelled
+            assert shown["bars"] == [(t["label"], t["score"]) for t in relabelled["top"]]
+
+            page.set_input_files("#file", str(not_image))
+            page.click("#submit")
+            page.wait_for_function("document.getElementById('error').textContent.length > 0")
+            error = page.text_content("#error") or ""
+            _screenshot(page, tmp_path / "serve-page-error.png")
+            assert "not a file this server can read" in error and "415" in error
+            assert page.is_hidden("#result")
+        finally:
+            browser.close()
+    for name in ("serve-page-prediction.png", "serve-page-error.png"):
+        assert (tmp_path / name).stat().st_size > 10_000, "a screenshot of the page was saved"
+    print(f"screenshots: {tmp_path}")
