@@ -142,8 +142,24 @@ def test_page_shows_the_prediction_of_predict_and_the_error_of_a_bad_upload(serv
             _screenshot(page, tmp_path / "serve-page-error.png")
             assert "not a file this server can read" in error and "415" in error
             assert page.is_hidden("#result")
+
+            # boxes in an answer (detect's format: pixel xyxy boxes with parallel labels and scores) are
+            # drawn over the image; the answer is stubbed here, so the drawing is tested without a detector
+            detections = {"task": "detect", "batch_size": 1, "predictions": [
+                {"input": image.name, "boxes": [[4.0, 4.0, 28.0, 20.0]], "labels": ["circle"], "scores": [0.9]}]}
+            page.route("**/predict", lambda route: route.fulfill(status=200, content_type="application/json",
+                                                                 body=json.dumps(detections)))
+            page.set_input_files("#file", str(image))
+            page.click("#submit")
+            assert _shown(page)["answer"] == "1 box"
+            red = page.evaluate("""() => { const c = document.getElementById('overlay');
+                const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let n = 0;
+                for (let i = 0; i < d.length; i += 4) if (d[i] > 200 && d[i + 1] < 100 && d[i + 3] > 0) n++;
+                return [n, c.width, c.height]; }""")
+            _screenshot(page, tmp_path / "serve-page-boxes.png")
+            assert red[0] > 100 and red[1] >= 192, f"the box is drawn over the (scaled-up) image: {red}"
         finally:
             browser.close()
-    for name in ("serve-page-prediction.png", "serve-page-error.png"):
+    for name in ("serve-page-prediction.png", "serve-page-error.png", "serve-page-boxes.png"):
         assert (tmp_path / name).stat().st_size > 10_000, "a screenshot of the page was saved"
     print(f"screenshots: {tmp_path}")

@@ -97,7 +97,6 @@ class Service:
 
     def info(self) -> dict[str, Any]:
         """Task, model, labels, metrics and what a request carries: ``GET /info`` and the page's card."""
-        state = self.loaded.state
         run = _read_json(self.run_root / "metrics.json") if self.run_root else None
         run_facts = (run or {}).get("run") or {}
         config = _read_yaml(self.run_root / "config.yaml") if self.run_root else None
@@ -109,7 +108,7 @@ class Service:
             "model": self.source,
             "base_model": base_model or self.source,
             "strategy": strategy.get("strategy") if isinstance(strategy, dict) else strategy,
-            "labels": list(state["labels"]) if isinstance(state.get("labels"), list) else None,
+            "labels": self._vocabulary("labels"),
             "texts": self.base_options.get("texts"),
             "primary_metric": self.task.primary_metric,
             "metrics": _scalars(run or {}),
@@ -134,12 +133,21 @@ class Service:
             items = _as_list(value, name)
             if len(set(items)) != len(items):
                 raise ServeError(422, "duplicate_option", f"{name} lists a value twice: {items}")
-            if name == "labels" and len(items) < 2:
+            if name == "labels" and self.task.uses_labels and len(items) < 2:  # a choice between classes
                 raise ServeError(422, "too_few_labels", f"give at least 2 labels to choose between, got {items}")
-            current = self.loaded.state.get(name) or self.base_options.get(name)
-            if items != current:
+            if items != self._vocabulary(name):
                 out[name] = items
         return out
+
+    def _vocabulary(self, name: str) -> list[str] | None:
+        """The loaded model's current value of a request option: its labels (a detector calls them
+        categories) or the candidate texts it was started with."""
+        keys = ("labels", "categories") if name == "labels" else (name,)
+        for key in keys:
+            value = self.loaded.state.get(key, self.base_options.get(key))
+            if isinstance(value, list):
+                return [str(v) for v in value]
+        return None
 
     def decode(self, item: Input, index: int) -> tuple[Row, dict[str, Any]]:
         """An upload → (example, decoded media), or a `ServeError` naming what is wrong with it.
@@ -216,10 +224,11 @@ class Service:
         if key in self._attached:
             self._attached.move_to_end(key)
             return self._attached[key]
-        # The loaded model's own settings (a classifier's prompt) carry over; the request's options
-        # replace theirs, and the new task's head is attached to the same backbone (shared, not copied).
+        # The loaded model's own settings (a classifier's prompt template) carry over, its vocabularies
+        # (labels, categories: lists) do not, since the request's options replace them; the new task's
+        # head is attached to the same backbone (shared, not copied).
         accepted = _constructor_options(type(self.task))
-        carried = {k: v for k, v in {**self.loaded.state, **self.base_options}.items() if k in accepted}
+        carried = {k: v for k, v in self.loaded.state.items() if k in accepted and not isinstance(v, list)}
         task = create_task(self.task.name, **{**carried, **options})
         pair = (task, task.attach(self.loaded))
         self._attached[key] = pair
