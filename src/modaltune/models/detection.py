@@ -79,6 +79,9 @@ class DetectionAdapter(ModelAdapter):
             return side, side
         return float(width), float(height)
 
+    def prepare(self, model: nn.Module) -> None:
+        """Fix up a freshly loaded model for training here (nothing by default)."""
+
     def image_inputs(self, processor: Any, images: list[Any]) -> Batch:
         return dict(processor.image_processor(images=images, return_tensors="pt"))
 
@@ -129,6 +132,16 @@ class GroundingDinoAdapter(DetectionAdapter):
         if stages:
             found["backbone"] = Tower("backbone", "model.backbone", stages[0])
         return {**found, **super().towers(model)}
+
+    def prepare(self, model: nn.Module) -> None:
+        """PEFT asks a model whose tied weights are declared as a dict for its input embeddings, which
+        ``GroundingDinoForObjectDetection`` does not implement (transformers 5): they are the BERT's
+        word embeddings, given on this instance only."""
+        try:
+            model.get_input_embeddings()  # type: ignore[operator]
+        except NotImplementedError:
+            text = model.get_submodule("model.text_backbone")
+            model.get_input_embeddings = text.get_input_embeddings  # type: ignore[assignment,method-assign]
 
     def prompts(self, processor: Any, model: nn.Module, categories: list[str]) -> list[Prompt]:
         """The classes as phrases of as few prompts as fit the model's text length, in order."""
