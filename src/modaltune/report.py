@@ -514,10 +514,10 @@ def _boxes_picture(sample: Mapping[str, Any], key: str) -> str:
 
 def _per_class_ap_section(metrics: Mapping[str, Any]) -> list[tuple[str, str]]:
     """A detector's AP per class, this model beside the base model when the baseline has it."""
-    ours = metrics.get("per_class_ap")
+    ours = metrics.get("ap_per_class")
     if not isinstance(ours, Mapping) or not ours:
         return []
-    base = (metrics.get("zero_shot") or {}).get("per_class_ap") or {}
+    base = (metrics.get("zero_shot") or {}).get("ap_per_class") or {}
     def cell(value: Any) -> str:
         return _esc(f"{float(value):.3f}") if is_number(value) else _esc(value)
 
