@@ -74,15 +74,16 @@ def _text_parts(name: str = "message") -> str:
 
 
 def _template(*, system: str, user: str, assistant: str, assistant_end: str, generation_prompt: str,
-              image_placeholder: str, bos: str = "") -> str:
+              image_placeholder: str, bos: str = "", default_system: str = "") -> str:
     """A chat template: ``bos``, then each turn as ``<prefix>content<suffix>``; the assistant's content
     and ``assistant_end`` (its end-of-turn token) inside ``{% generation %}``.
 
-    Each of ``system``, ``user``, ``assistant`` is ``prefix|suffix``; newlines are written as
-    ``{{ '\\n' }}`` since transformers renders templates with ``trim_blocks``.
+    Each of ``system``, ``user``, ``assistant`` is ``prefix{}suffix``; newlines are written as
+    ``{{ '\\n' }}`` since transformers renders templates with ``trim_blocks``. ``default_system`` is
+    written as a system turn when the conversation has none (as Qwen2-VL's own template does).
     """
     def turn(spec: str) -> tuple[str, str]:
-        prefix, suffix = spec.split("|")
+        prefix, suffix = spec.split("{}")
         return _literal(prefix), _literal(suffix)
 
     sp, ss = turn(system)
@@ -91,6 +92,8 @@ def _template(*, system: str, user: str, assistant: str, assistant_end: str, gen
     return (
         f"{{%- set image_placeholder = {image_placeholder!r} -%}}"
         + (_literal(bos) if bos else "")
+        + ("{%- if messages[0]['role'] != 'system' -%}" + sp + _literal(default_system) + ss + "{%- endif -%}"
+           if default_system else "")
         + "{%- for message in messages -%}"
         + "{%- if message['role'] == 'system' -%}" + sp + _text_parts() + ss
         + "{%- elif message['role'] == 'user' -%}" + up + _text_parts() + us
@@ -105,8 +108,19 @@ def _literal(text: str) -> str:
     return "{{ " + repr(text) + " }}" if text else ""
 
 
-LLAVA_TEMPLATE = _template(system="|\n", user="USER: | ", assistant="ASSISTANT: | ", assistant_end="</s>",
+LLAVA_TEMPLATE = _template(system="{}\n", user="USER: {} ", assistant="ASSISTANT: {} ", assistant_end="</s>",
                            generation_prompt="ASSISTANT:", image_placeholder="<image>")
+#: ChatML, as Qwen2-VL-Instruct writes it (default system prompt, images between vision start/end).
+QWEN2_VL_TEMPLATE = _template(
+    system="<|im_start|>system\n{}<|im_end|>\n", user="<|im_start|>user\n{}<|im_end|>\n",
+    assistant="<|im_start|>assistant\n{}\n", assistant_end="<|im_end|>",
+    generation_prompt="<|im_start|>assistant\n", default_system="You are a helpful assistant.",
+    image_placeholder="<|vision_start|><|image_pad|><|vision_end|>")
+#: SmolVLM-Instruct's turn format (``User:`` / ``Assistant:`` ending in ``<end_of_utterance>``).
+IDEFICS3_TEMPLATE = _template(
+    bos="<|im_start|>", system="System: {}<end_of_utterance>\n", user="User:{}<end_of_utterance>\n",
+    assistant="Assistant: {}\n", assistant_end="<end_of_utterance>", generation_prompt="Assistant:",
+    image_placeholder="<image>")
 
 
 # --------------------------------------------------------------------------- tokenizer
@@ -157,6 +171,10 @@ def build_bpe_tokenizer(
     if others:
         tokenizer.add_special_tokens({"additional_special_tokens": others})
     return tokenizer
+
+
+def _id(tokenizer: Any, token: str) -> int:
+    return int(tokenizer.convert_tokens_to_ids(token))
 
 
 def _save(out_dir: Path, model: Any, processor: Any) -> Path:
@@ -212,7 +230,7 @@ def build_llava(out_dir: Path, *, texts: Iterable[str] = (), seed: int = 0,
     tokenizer = build_bpe_tokenizer(texts, specials=["<unk>", "<s>", "</s>", "<pad>", "<image>"], bos="<s>",
                                     eos="</s>", pad="<pad>", unk="<unk>", prepend_bos=True,
                                     vocab_size=size.vocab_size)
-    image_token_id = tokenizer.convert_tokens_to_ids("<image>")
+    image_token_id = _id(tokenizer, "<image>")
     text = _llama_text(size, tokenizer)
     text.pop("model_type")
     fields: dict[str, Any] = {  # image_token_id: the 5.x name (4.x: image_token_index)
@@ -231,3 +249,153 @@ def build_llava(out_dir: Path, *, texts: Iterable[str] = (), seed: int = 0,
                        vision_feature_select_strategy="default", image_token="<image>"),
     )
     return _save(out_dir, model, processor)
+
+
+# --------------------------------------------------------------------------- Qwen2-VL
+
+QWEN_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                 "<|image_pad|>", "<|video_pad|>")
+
+
+def build_qwen2_vl(out_dir: Path, *, texts: Iterable[str] = (), seed: int = 0,
+                   size: TinyChatSize = TinyChatSize(), max_pixels: int = 64 * 64) -> Path:
+    """A tiny ``Qwen2VLForConditionalGeneration`` + ``Qwen2VLProcessor`` with ChatML in ``out_dir``.
+
+    Dynamic resolution as the real model: 4 px patches, 2x2 merged, so an image of H x W pixels
+    (rounded to multiples of 8, between 8x8 and ``max_pixels``) is H·W/64 ``<|image_pad|>`` tokens.
+    The processor is saved under its stock class name; without torchvision it is built (and loads,
+    through `modaltune.models.chat_processor.load_processor`) as its image-only twin.
+    """
+    import torch
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    from modaltune.models.chat_processor import image_only
+
+    out_dir = Path(out_dir)
+    tokenizer = build_bpe_tokenizer(texts, specials=QWEN_SPECIALS, eos="<|im_end|>", pad="<|endoftext|>",
+                                    vocab_size=size.vocab_size)
+    ids = {t: _id(tokenizer, t) for t in QWEN_SPECIALS}
+    heads = 2  # head_dim 16: mrope_section must sum to head_dim / 2
+    config = Qwen2VLConfig(
+        vision_config={"depth": size.layers, "embed_dim": size.hidden, "hidden_size": size.hidden,
+                       "num_heads": heads, "mlp_ratio": 2, "patch_size": 4, "spatial_merge_size": 2,
+                       "temporal_patch_size": 2, "in_channels": 3},
+        text_config={"vocab_size": len(tokenizer), "hidden_size": size.hidden,
+                     "intermediate_size": size.intermediate, "num_hidden_layers": size.layers,
+                     "num_attention_heads": heads, "num_key_value_heads": 1,
+                     "max_position_embeddings": size.max_positions, "attention_dropout": 0.0,
+                     "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+                     "bos_token_id": None, "eos_token_id": ids["<|im_end|>"], "pad_token_id": ids["<|endoftext|>"],
+                     "tie_word_embeddings": False},
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+    )
+    torch.manual_seed(seed)
+    model = Qwen2VLForConditionalGeneration(config).eval()
+    image_processor = Qwen2VLImageProcessorPil(patch_size=4, merge_size=2, temporal_patch_size=2,
+                                               size={"shortest_edge": 8 * 8, "longest_edge": max_pixels})
+    try:
+        processor = Qwen2VLProcessor(image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
+                                     chat_template=QWEN2_VL_TEMPLATE)
+    except (AttributeError, ImportError):  # no torchvision: the video half cannot be built
+        processor = image_only(Qwen2VLProcessor)(image_processor=image_processor, tokenizer=tokenizer,
+                                                 chat_template=QWEN2_VL_TEMPLATE)
+    return _save(out_dir, model, processor)
+
+
+# --------------------------------------------------------------------------- Idefics3 (SmolVLM's architecture)
+
+
+def build_idefics3(out_dir: Path, *, texts: Iterable[str] = (), seed: int = 0,
+                   size: TinyChatSize = TinyChatSize()) -> Path:
+    """A tiny ``Idefics3ForConditionalGeneration`` + ``Idefics3Processor`` in ``out_dir``.
+
+    SigLIP-style vision tower (32 px, patch 8: 16 patches), pixel shuffle by 2: 4 ``<image>`` tokens
+    per 32 px tile. Images are resized to a longest edge of 64 and split into 32 px tiles plus a
+    downscaled global image, each framed by ``<fake_token_around_image>`` and a ``<row_r_col_c>`` /
+    ``<global-img>`` tag, so a square image is 5 x 4 image tokens.
+    """
+    import torch
+    from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefics3Processor, LlamaConfig
+    from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
+
+    out_dir = Path(out_dir)
+    grid = [f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)]
+    tokenizer = build_bpe_tokenizer(
+        texts, specials=["<|endoftext|>", "<|im_start|>", "<end_of_utterance>", "<fake_token_around_image>",
+                         "<image>", "<global-img>", *grid],
+        bos="<|im_start|>", eos="<end_of_utterance>", pad="<|endoftext|>", vocab_size=size.vocab_size)
+    text = _llama_text(size, tokenizer)
+    text.pop("model_type")
+    scale = 2
+    fields: dict[str, Any] = {
+        "vision_config": {**_vision(size), "num_channels": 3}, "text_config": LlamaConfig(**text),
+        "scale_factor": scale, "image_token_id": _id(tokenizer, "<image>"), "pad_token_id": tokenizer.pad_token_id,
+        "tie_word_embeddings": False,
+    }
+    config = Idefics3Config(**fields)
+    torch.manual_seed(seed)
+    model = Idefics3ForConditionalGeneration(config).eval()
+    image_processor = Idefics3ImageProcessorPil(size={"longest_edge": 2 * size.image_size},
+                                                max_image_size={"longest_edge": size.image_size},
+                                                do_image_splitting=True)
+    seq_len = (size.image_size // size.patch_size) ** 2 // scale**2
+    processor = Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer, image_seq_len=seq_len,
+                                  chat_template=IDEFICS3_TEMPLATE)
+    return _save(out_dir, model, processor)
+
+
+# --------------------------------------------------------------------------- PaliGemma
+
+
+def build_paligemma(out_dir: Path, *, texts: Iterable[str] = (), seed: int = 0,
+                    size: TinyChatSize = TinyChatSize()) -> Path:
+    """A tiny ``PaliGemmaForConditionalGeneration`` + ``PaliGemmaProcessor`` in ``out_dir``.
+
+    As google/paligemma: a SigLIP tower (32 px, patch 8: 16 ``<image>`` tokens), a Gemma text model,
+    a tokenizer that prepends ``<bos>``. No chat template: the processor writes
+    ``<image>…<bos>prefix\\n`` and, given ``suffix=``, ``suffix<eos>`` with ``token_type_ids`` 1 and
+    labels on the suffix only.
+    """
+    import torch
+    from transformers import (
+        GemmaConfig,
+        PaliGemmaConfig,
+        PaliGemmaForConditionalGeneration,
+        PaliGemmaProcessor,
+        SiglipVisionConfig,
+    )
+    from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+
+    out_dir = Path(out_dir)
+    tokenizer = build_bpe_tokenizer(texts, specials=["<pad>", "<eos>", "<bos>", "<unk>", "<image>"], bos="<bos>",
+                                    eos="<eos>", pad="<pad>", unk="<unk>", prepend_bos=True,
+                                    vocab_size=size.vocab_size)
+    image_tokens = (size.image_size // size.patch_size) ** 2
+    heads = 2
+    vision: dict[str, Any] = {**_vision(size), "projection_dim": size.hidden}
+    fields: dict[str, Any] = dict(
+        vision_config=SiglipVisionConfig(**vision),
+        text_config=GemmaConfig(vocab_size=len(tokenizer), hidden_size=size.hidden,
+                                intermediate_size=size.intermediate, num_hidden_layers=size.layers,
+                                num_attention_heads=heads, num_key_value_heads=1, head_dim=size.hidden // heads,
+                                max_position_embeddings=size.max_positions, pad_token_id=tokenizer.pad_token_id,
+                                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                                attention_dropout=0.0),
+        image_token_id=_id(tokenizer, "<image>"),
+        projection_dim=size.hidden,
+    )
+    config = PaliGemmaConfig(**fields)
+    config.vision_config.num_image_tokens = image_tokens  # type: ignore[union-attr]
+    torch.manual_seed(seed)
+    model = PaliGemmaForConditionalGeneration(config).eval()
+    image_processor = SiglipImageProcessorPil(size={"height": size.image_size, "width": size.image_size})
+    image_processor.image_seq_length = image_tokens  # type: ignore[attr-defined]  # PaliGemmaProcessor reads it
+    processor = PaliGemmaProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    return _save(out_dir, model, processor)
+
+
+#: Every builder by its model type, for tests and the benchmark that run over architectures.
+BUILDERS = {"llava": build_llava, "qwen2_vl": build_qwen2_vl, "idefics3": build_idefics3,
+            "paligemma": build_paligemma}
