@@ -287,7 +287,13 @@ class TrainConfig(BaseModel):
     def resolved(self) -> Self:
         """This config with every default that depends on the strategy filled in: the learning rate,
         the epochs and, when old data is rehearsed, the replay ratio. With strategy auto they stay
-        unset until the advisor has spoken (:func:`modaltune.api.follow_advice`)."""
+        unset until the advisor has spoken (:func:`modaltune.api.follow_advice`).
+
+        A run resolves its config first, so what this machine cannot do (``quantize`` without CUDA)
+        is said here, before any data or model is read."""
+        from modaltune.tasks.base import check_quantize
+
+        check_quantize(self.model.quantize)
         if self.strategy.name == "auto":
             return self
         updates: dict[str, Any] = {}
