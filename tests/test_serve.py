@@ -162,6 +162,27 @@ def test_limits_and_bad_uploads_answer_json_errors_and_the_worker_survives(servi
     assert not (tmp_path.parent.parent / "evil.png").exists()
 
 
+def test_damaged_uploads_never_break_the_server(service):
+    """Truncated and bit-flipped images and clips: each answer is a prediction or a JSON 4xx error."""
+    rng = np.random.default_rng(0)
+    originals = [_png((20, 20)), _wav(0.3), _bomb_png(16, 16)]
+    statuses = set()
+    with _client(service) as client:
+        for i in range(36):
+            data = bytearray(originals[i % len(originals)])
+            if i % 2:
+                data = data[: int(rng.integers(8, len(data)))]
+            for _ in range(int(rng.integers(1, 6))):
+                at = int(rng.integers(8, len(data)))
+                data[at] = int(rng.integers(0, 256))
+            response = client.post("/predict", files={"file": (f"f{i}", bytes(data))})
+            statuses.add(response.status_code)
+            assert response.status_code in (200, 413, 415, 422), response.text
+            assert "predictions" in response.json() or response.json()["error"]["code"]
+        assert client.get("/health").json()["status"] == "ok"
+    assert statuses & {415, 422}, statuses
+
+
 def test_labels_per_request_classify_zero_shot_over_them(service, shape_folder, tiny_clip):
     [image] = _images(shape_folder, 1)
     expected = api.predict(tiny_clip, [str(image)], task="classify", labels=["red", "green", "blue"])[0]

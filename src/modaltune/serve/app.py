@@ -96,6 +96,11 @@ def create_app(service: Service) -> FastAPI:
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse(ServeError(422, "bad_request", str(exc.errors())).body(), status_code=422)
 
+    @app.exception_handler(Exception)
+    async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+        # Answered as JSON too; starlette logs the traceback and the server goes on serving.
+        return JSONResponse(ServeError(500, "internal_error", f"{type(exc).__name__}: {exc}").body(), status_code=500)
+
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> HTMLResponse:
         return HTMLResponse(page_html())

@@ -170,6 +170,10 @@ class Service:
         except MediaError as exc:
             detail = exc.detail.replace(str(path), f"upload {item.name!r}")
             raise ServeError(REASON_STATUS.get(exc.reason, 422), exc.reason, detail) from None
+        except Exception as exc:  # damage no decoder foresaw is still the upload's fault, not the server's
+            detail = str(exc).replace(str(path), f"upload {item.name!r}")
+            raise ServeError(422, "undecodable", f"upload {item.name!r} could not be decoded: "
+                                                 f"{type(exc).__name__}: {detail}") from None
         finally:
             path.unlink(missing_ok=True)
         values = self._values(item, index)
