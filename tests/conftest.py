@@ -173,6 +173,39 @@ def sound_caption_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_audio_caption_corpus(tmp_path_factory.mktemp("clip-captions"), 12, seed=0)
 
 
+# ---- open-vocabulary detection (Grounding DINO, OWLv2) ---------------------------------------
+
+#: Words the tiny detectors' tokenizers know besides their base words (the scenes' class names).
+DETECT_TEXTS = ["red circle", "blue square", "green triangle", "yellow star", "a photo of an object"]
+
+
+@pytest.fixture(scope="session")
+def tiny_grounding_dino(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random tiny Grounding DINO (Swin 4x1 stages, 1-layer BERT with a bert-base-uncased id layout,
+    1 fusion encoder and 2 decoder layers, hidden 32, 20 queries, 32 text tokens) with its processor."""
+    from modaltune.testing.tiny_detect import build_grounding_dino
+
+    return build_grounding_dino(tmp_path_factory.mktemp("tiny-gdino"), texts=DETECT_TEXTS, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_owlv2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random tiny OWLv2 (2-layer towers, hidden 32, 64 px images in 8 px patches: 64 boxes)."""
+    from modaltune.testing.tiny_detect import build_owl
+
+    return build_owl(tmp_path_factory.mktemp("tiny-owlv2"), kind="owlv2", texts=DETECT_TEXTS, seed=0)
+
+
+@pytest.fixture(scope="session")
+def detect_scenes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`instances.json` (COCO instances): 8 synthetic 64-96 px scenes of circles and squares, one a
+    negative, images under `images/` beside it."""
+    from modaltune.testing.synthetic_scenes import write_scenes
+
+    return write_scenes(tmp_path_factory.mktemp("scenes"), seed=0, count=8, categories=("circle", "square"),
+                        max_objects=2, negatives=0.125).coco
+
+
 @pytest.fixture()
 def run_cli(capsys: pytest.CaptureFixture[str]):
     """Run ``modaltune ARGS`` in-process; returns an object with returncode, stdout and stderr."""

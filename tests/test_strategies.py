@@ -29,6 +29,8 @@ CASES = [
     ("caption", "tiny_git", "multi_caption_manifest"),
     ("classify", "tiny_clap", "sound_folder"),
     ("retrieve", "tiny_clap", "sound_caption_manifest"),
+    ("detect", "tiny_grounding_dino", "detect_scenes"),
+    ("detect", "tiny_owlv2", "detect_scenes"),
 ]
 CASE_IDS = [f"{task}-{model.removeprefix('tiny_')}" for task, model, _ in CASES]
 

@@ -404,8 +404,9 @@ def _check_output(run: RunDir, cfg: TrainConfig, resume: bool) -> None:
 
 def load_model(model_or_run: str | Path, *, task: str | None = None, labels: list[str] | None = None,
                texts: list[str] | None = None, trust_remote_code: bool = False,
-               **generation: int | None) -> tuple[Task, Loaded]:
-    """A saved modaltune model (or a run directory, or a base model with ``task``) ready to use."""
+               **task_options: Any) -> tuple[Task, Loaded]:
+    """A saved modaltune model (or a run directory, or a base model with ``task``) ready to use;
+    ``task_options`` (num_beams, threshold, ...) go to the task, those left None are not given."""
     source = resolve_model_dir(model_or_run)
     meta = read_meta(source) if source.is_dir() else None
     name = task or (meta or {}).get("task")
@@ -418,7 +419,7 @@ def load_model(model_or_run: str | Path, *, task: str | None = None, labels: lis
         options["labels"] = labels
     if texts:
         options["texts"] = texts
-    options.update({k: v for k, v in generation.items() if v is not None})  # num_beams, max_new_tokens
+    options.update({k: v for k, v in task_options.items() if v is not None})  # num_beams, threshold, ...
     instance = create_task(name, **options)
     loaded = instance.load(source if source.exists() else str(model_or_run), trust_remote_code=trust_remote_code)
     loaded.model.to(device())
@@ -470,10 +471,11 @@ def _eval_rows(model_or_run: str | Path, data: str | Path | None, *, task: str |
 
 def predict(model_or_run: str | Path, inputs: Sequence[str | Path], *, task: str | None = None,
             labels: list[str] | None = None, texts: list[str] | None = None, question: str | None = None,
-            num_beams: int | None = None, max_new_tokens: int | None = None) -> list[dict]:
+            num_beams: int | None = None, max_new_tokens: int | None = None, **task_options: Any) -> list[dict]:
     """Predictions for media files (images, audio clips: whatever the model takes), one dict per input
-    (label + top-k, ranked texts, a caption, or the answer to ``question``). Each file is checked by
-    the decoder of its kind first, so a bad one is named with its reason code."""
+    (label + top-k, ranked texts, a caption, the answer to ``question``, or boxes). Each file is checked
+    by the decoder of its kind first, so a bad one is named with its reason code. ``task_options`` are
+    the task's own (detect: threshold, max_detections, save_images)."""
     from modaltune.data.fields import media_kinds, needs
     from modaltune.data.media import MediaError, get_decoder, media_kind
     from modaltune.data.media.base import require_nonempty_file
@@ -491,7 +493,7 @@ def predict(model_or_run: str | Path, inputs: Sequence[str | Path], *, task: str
             raise DataError(f"{item}: {exc.reason}: {exc.detail}") from None
         rows.append(Row(id=str(item), media={kind: Path(item)}, question=question))
     instance, loaded = load_model(model_or_run, task=task, labels=labels, texts=texts, num_beams=num_beams,
-                                  max_new_tokens=max_new_tokens)
+                                  max_new_tokens=max_new_tokens, **task_options)
     taken = media_kinds(instance.fields)
     for row in rows:
         wrong = [kind for kind in row.media if kind not in taken]

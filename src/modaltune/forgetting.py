@@ -96,7 +96,8 @@ def load_old_task(data: str | Path, target: type, *, explicit: str | None = None
     if split is None and splits:
         split = next(iter(splits))
     rows, _ = load_dataset(data, require=cls.fields, split=split, skip_bad=skip_bad)
-    options: dict[str, Any] = {}
+    # What the task learns from rows (a detector's categories: the old data's own classes).
+    options: dict[str, Any] = dict(cls.options_from_rows(rows))
     if cls.uses_labels:
         options["labels"] = sorted({r.label for r in rows})
         if prompt_template is not None:

@@ -259,12 +259,12 @@ def evaluate(
 
 
 @app.command()
-@config_options(only=("num_beams", "max_new_tokens"))
+@config_options(only=("num_beams", "max_new_tokens", "threshold", "max_detections", "save_images"))
 def predict(
     run_or_model: str = typer.Argument(..., help="run directory, its model/ folder, or a base model with --task"),
     inputs: list[str] = typer.Argument(..., help="media files the model takes (images, audio clips)"),
     task: Optional[str] = typer.Option(None, help=f"task for a base model: {tasks_help()}"),
-    labels: Optional[str] = typer.Option(None, help="classify a base model zero-shot over these labels: a,b,c"),
+    labels: Optional[str] = typer.Option(None, help="classify (or detect) zero-shot over these labels: a,b,c"),
     texts: Optional[str] = typer.Option(None, help="retrieve: rank these candidate texts: a,b,c"),
     question: Optional[str] = typer.Option(None, help="vqa: the question asked about every image"),
     **flags: Any,
@@ -274,7 +274,8 @@ def predict(
 
     for result in run_predict(run_or_model, inputs, task=task, labels=_split_list(labels), texts=_split_list(texts),
                               question=question, num_beams=flags["num_beams"],
-                              max_new_tokens=flags["max_new_tokens"]):
+                              max_new_tokens=flags["max_new_tokens"], threshold=flags.get("threshold"),
+                              max_detections=flags.get("max_detections"), save_images=flags.get("save_images")):
         print(json.dumps(result))
 
 
