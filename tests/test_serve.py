@@ -257,6 +257,32 @@ def test_vqa_needs_a_question_and_answers_it(tiny_vilt, shape_folder):
     assert got["answer"] == expected["answer"] and got["question"] == "what shape is it?"
 
 
+def test_retrieve_ranks_the_texts_of_the_request(tiny_clip, shape_folder):
+    [image] = _images(shape_folder, 1)
+    texts = ["a red circle", "a blue square", "a green triangle"]
+    expected = api.predict(tiny_clip, [str(image)], task="retrieve", texts=texts)[0]
+    service = Service.load(tiny_clip, task="retrieve", limits=FAST)
+    with TestClient(create_app(service)) as client:
+        assert client.get("/info").json()["inputs"]["options"] == ["texts"]
+        got = client.post("/predict", files={"file": ("a.png", image.read_bytes())},
+                          data={"texts": "\n".join(texts)}).json()["predictions"][0]
+        embedding = client.post("/predict", files={"file": ("a.png", image.read_bytes())}).json()["predictions"][0]
+    service.close()
+    assert [t["text"] for t in got["top"]] == [t["text"] for t in expected["top"]]
+    assert got["score"] == pytest.approx(expected["score"], abs=1e-5)
+    assert len(embedding["embedding"]) == 32, "without candidate texts, the image's embedding"
+
+
+def test_caption_writes_the_caption_predict_writes(tiny_git, shape_folder):
+    [image] = _images(shape_folder, 1)
+    expected = api.predict(tiny_git, [str(image)], task="caption")[0]
+    service = Service.load(tiny_git, task="caption", limits=FAST)
+    with TestClient(create_app(service)) as client:
+        got = client.post("/predict", files={"file": ("a.png", image.read_bytes())}).json()["predictions"][0]
+    service.close()
+    assert got["caption"] == expected["caption"]
+
+
 def test_audio_model_limits_clip_length(tiny_clap):
     service = Service.load(tiny_clap, task="classify", labels=["tone", "noise"],
                            limits=ServeLimits(batch_wait_ms=0, max_audio_seconds=1.0))
