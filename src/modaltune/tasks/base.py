@@ -12,7 +12,7 @@ import importlib
 import logging
 import pkgutil
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from modaltune.data.fields import Field
-from modaltune.data.rows import Row
+from modaltune.data.rows import BadRow, Row
 from modaltune.errors import ConfigError, ModaltuneError
 
 if TYPE_CHECKING:
@@ -214,6 +214,12 @@ class Task(ABC):
         over every item of the accumulated batch, however it is split. Default None: micro-batches
         weigh the same."""
         return None
+
+    def usable_rows(self, loaded: Loaded, rows: Sequence[Row]) -> tuple[list[Row], list[BadRow]]:
+        """The rows this loaded model can take, and the others with their reason codes (a chat
+        conversation over the length limit once its images are expanded: only the model's processor
+        can tell). A run drops the others before anything trains. Default: every row."""
+        return list(rows), []
 
     def lora_modules_to_save(self, loaded: Loaded) -> list[str]:
         """Modules trained in full beside LoRA adapters (a new head). Default: none."""
