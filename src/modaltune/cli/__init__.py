@@ -132,8 +132,6 @@ def train(
     cfg = _config(config, ctx.args, flags, ("task", "model", "data"))
     progress = None if quiet else TrainingProgress(f"{cfg.task}/{cfg.strategy.name}", console)
     metrics = run_train(cfg, resume=resume, progress=progress)
-    if not metrics:
-        return  # another process of a multi-process run: the main one reports
     _print_metrics(metrics, cfg.runtime.output)
     _print_transfer(metrics)
 
@@ -330,7 +328,7 @@ def bench_transfer(
                     rerun=_split_list(rerun), console=console)
 
 
-from modaltune.cli import push as _push  # noqa: E402, F401  (registers `modaltune push`)
+from modaltune.cli import serve as _serve  # noqa: E402, F401  (registers `modaltune serve`)
 
 #: Typer 0.2x vendors its own click: the usage errors it raises (a missing or malformed option, a
 #: `typer.BadParameter` from a command) are not `click.ClickException`s, and were reported as
@@ -339,8 +337,6 @@ _TYPER_USAGE_ERROR: type[Any] = next(c for c in typer.BadParameter.__mro__ if c.
 
 
 def _log_to_console() -> None:
-from modaltune.cli import serve as _serve  # noqa: E402, F401  (registers `modaltune serve`)
-
     """The library's warnings and notes (``logging``, never ``print``) shown through rich on stderr."""
     import logging
 

@@ -37,7 +37,6 @@ from modaltune.data.readers.folder import (
     canonical_split,
     discover_splits,
 )
-from modaltune.data.readers.hf_datasets import HfDatasetReader, ParquetReader
 from modaltune.data.readers.tabular import CsvReader, JsonlReader
 from modaltune.data.readers.vqa import VqaReader
 from modaltune.errors import DataError
@@ -213,8 +212,6 @@ register_reader(CocoCaptionsReader())
 register_reader(CsvReader())
 register_reader(JsonlReader())
 register_reader(FolderReader())
-register_reader(HfDatasetReader())
-register_reader(ParquetReader())
 
 __all__ = [
     "IMAGE_EXTENSIONS",
