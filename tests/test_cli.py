@@ -198,7 +198,7 @@ def test_data_format_and_max_audio_seconds_flags(capsys, tmp_path):
     (tmp_path / "coco").mkdir()
     (tmp_path / "coco" / "instances.json").write_text(json.dumps(instances))
     code, _, err = cli(capsys, "validate", "--task", "caption", "--data", str(tmp_path / "coco"))
-    assert code == 2 and "COCO instances file" in err and "detection is not supported yet" in err
+    assert code == 2 and "COCO instances file" in err and "Boxes are read by --task detect" in err
 
     code, _, err = cli(capsys, "validate", "--task", "classify", "--data", data, "--data-format", "xml")
     assert code == 2 and "Unknown data format 'xml'" in err

@@ -17,7 +17,7 @@ from modaltune.data.readers.base import Source
 from modaltune.errors import ConfigError, DataError
 from modaltune.testing import synthetic_audio as sa
 
-FORMAT_NAMES = ("vqa", "coco-captions", "csv", "jsonl", "folder")
+FORMAT_NAMES = ("vqa", "coco-instances", "coco-captions", "csv", "odvg", "boxes-jsonl", "jsonl", "folder")
 
 
 def _img(path: Path, color=(200, 10, 10)) -> Path:
@@ -65,7 +65,7 @@ def test_registry_names_order_and_duplicates():
     assert all(get_reader(name).summary for name in FORMAT_NAMES)
     with pytest.raises(ValueError, match="registered already"):
         register_reader(get_reader("csv"))
-    with pytest.raises(DataError, match="Unknown data format 'parquet'; use one of: vqa, coco-captions"):
+    with pytest.raises(DataError, match="Unknown data format 'parquet'; use one of: vqa, coco-instances, "):
         get_reader("parquet")
 
 
@@ -127,10 +127,11 @@ def test_vqa_pair_of_different_splits_is_an_error(tmp_path):
 
 
 @pytest.mark.parametrize("data, found", [
-    ({"info": {}, "images": [{"id": 1, "file_name": "a.jpg"}], "categories": [{"id": 3, "name": "cat"}],
+    # (with its 'categories' a COCO instances file is read by coco-instances: tests/test_detect_data.py)
+    ({"info": {}, "images": [{"id": 1, "file_name": "a.jpg"}],
       "annotations": [{"id": 1, "image_id": 1, "category_id": 3, "bbox": [0, 0, 4, 4], "area": 16}]},
-     r"a COCO instances file \(top-level keys 'info', 'images', 'categories', 'annotations'; annotations "
-     r"with 'bbox'\): detection is not supported yet"),
+     r"a COCO instances file \(top-level keys 'info', 'images', 'annotations'; annotations "
+     r"with 'bbox'\) without its 'categories' list"),
     ([{"id": "1", "image": "a.jpg", "conversations": [{"from": "human", "value": "<image>\nWhat is it?"},
                                                       {"from": "gpt", "value": "A cat."}]}],
      r"a LLaVA conversations file .*visual chat is not supported yet"),
@@ -144,9 +145,9 @@ def test_unclaimed_json_says_what_it_found_and_what_is_accepted(tmp_path, data, 
     msg = str(info.value)
     assert __import__("re").search(found, msg), msg
     assert "not a COCO captions file" in msg and "one JSON object per line is JSONL" in msg
-    assert "--data-format name: vqa, coco-captions, csv, jsonl, folder" in msg
+    assert "--data-format name: vqa, coco-instances, coco-captions, csv, odvg, boxes-jsonl, jsonl, folder" in msg
     # a folder holding that one .json reads it, and says the same
-    with pytest.raises(DataError, match="detection|LLaVA|JSON object|JSON list"):
+    with pytest.raises(DataError, match="categories|LLaVA|JSON object|JSON list"):
         read_rows(tmp_path, require=("image", "text"))
 
 

@@ -35,12 +35,12 @@ class Splits:
 
 def _load(path: str | Path, task_cls: Any, *, split: str | None, known: set[str] | None, skip_bad: bool,
           data_format: str | None = None, max_audio_seconds: float | None = DEFAULT_MAX_AUDIO_SECONDS,
-          ) -> tuple[list[Row], DataReport]:
+          reader_options: dict[str, Any] | None = None) -> tuple[list[Row], DataReport]:
     from modaltune.data import load_dataset
 
     return load_dataset(path, require=task_cls.fields, split=split, known_labels=known, skip_bad=skip_bad,
                         data_format=data_format,
-                        max_audio_seconds=max_audio_seconds)
+                        max_audio_seconds=max_audio_seconds, reader_options=reader_options)
 
 
 def load_splits(cfg: TrainConfig, task_cls: Any) -> Splits:
@@ -50,7 +50,8 @@ def load_splits(cfg: TrainConfig, task_cls: Any) -> Splits:
     splits = discover_splits(cfg.data.train) if Path(cfg.data.train).is_dir() else {}
     train_split = "train" if "train" in splits else None
     read: dict[str, Any] = {"skip_bad": cfg.data.skip_bad, "data_format": cfg.data.format,
-                            "max_audio_seconds": cfg.data.max_audio_seconds}
+                            "max_audio_seconds": cfg.data.max_audio_seconds,
+                            "reader_options": cfg.data.reader_options}
     train, train_report = _load(cfg.data.train, task_cls, split=train_split, known=None, **read)
     # a task that uses labels requires one on every row it reads
     labels = sorted({cast(str, r.label) for r in train}) if task_cls.uses_labels else None
@@ -74,11 +75,13 @@ def load_splits(cfg: TrainConfig, task_cls: Any) -> Splits:
 
 
 def validate(task: str, data: str | Path, *, skip_bad: bool = True, data_format: str | None = None,
-             max_audio_seconds: float | None = DEFAULT_MAX_AUDIO_SECONDS) -> dict[str, Any]:
+             max_audio_seconds: float | None = DEFAULT_MAX_AUDIO_SECONDS,
+             reader_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """The data report for ``data`` as ``task`` would read it (no model, no training).
 
     ``data_format`` names the reader instead of sniffing; audio clips longer than
-    ``max_audio_seconds`` are ``audio_too_long``."""
+    ``max_audio_seconds`` are ``audio_too_long``; ``reader_options`` go to the reader that takes
+    them (``{"box_format": "cxcywh", "normalized": True}`` for a boxes JSONL)."""
     from modaltune.data import discover_splits
 
     task_cls = task_class(task)
@@ -86,7 +89,7 @@ def validate(task: str, data: str | Path, *, skip_bad: bool = True, data_format:
     reports = {}
     for split in splits or [None]:
         rows, report = _load(data, task_cls, split=split, known=None, skip_bad=skip_bad, data_format=data_format,
-                             max_audio_seconds=max_audio_seconds)
+                             max_audio_seconds=max_audio_seconds, reader_options=reader_options)
         reports[split or "all"] = report.to_dict()
     return reports
 
@@ -429,15 +432,16 @@ def load_model(model_or_run: str | Path, *, task: str | None = None, labels: lis
 def evaluate(model_or_run: str | Path, data: str | Path | None = None, *, task: str | None = None,
              rows: list[Row] | None = None, batch_size: int = 64, skip_bad: bool = False,
              data_format: str | None = None,
-             max_audio_seconds: float | None = DEFAULT_MAX_AUDIO_SECONDS) -> dict[str, Any]:
+             max_audio_seconds: float | None = DEFAULT_MAX_AUDIO_SECONDS,
+             reader_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """The task's metrics of a model on ``data`` (or, for a run directory, on its validation data).
 
-    ``data_format`` and ``max_audio_seconds`` apply to ``data`` as in `validate`."""
+    ``data_format``, ``max_audio_seconds`` and ``reader_options`` apply to ``data`` as in `validate`."""
     from modaltune.inference import evaluate_rows
 
     if rows is None:
         rows = _eval_rows(model_or_run, data, task=task, skip_bad=skip_bad, data_format=data_format,
-                          max_audio_seconds=max_audio_seconds)
+                          max_audio_seconds=max_audio_seconds, reader_options=reader_options)
     labels = sorted({r.label for r in rows if r.label}) or None
     meta = read_meta(resolve_model_dir(model_or_run)) if Path(model_or_run).is_dir() else None
     instance, loaded = load_model(model_or_run, task=task, labels=None if meta else labels)
@@ -446,7 +450,8 @@ def evaluate(model_or_run: str | Path, data: str | Path | None = None, *, task: 
 
 def _eval_rows(model_or_run: str | Path, data: str | Path | None, *, task: str | None, skip_bad: bool,
                data_format: str | None = None,
-               max_audio_seconds: float | None = DEFAULT_MAX_AUDIO_SECONDS) -> list[Row]:
+               max_audio_seconds: float | None = DEFAULT_MAX_AUDIO_SECONDS,
+               reader_options: dict[str, Any] | None = None) -> list[Row]:
     run = RunDir(Path(model_or_run))
     if data is None:
         if not run.config.is_file():
@@ -465,7 +470,7 @@ def _eval_rows(model_or_run: str | Path, data: str | Path | None, *, task: str |
     splits = discover_splits(data) if Path(data).is_dir() else {}
     split = next((s for s in ("test", "val") if s in splits), None)
     rows, _ = _load(data, task_cls, split=split, known=None, skip_bad=skip_bad, data_format=data_format,
-                    max_audio_seconds=max_audio_seconds)
+                    max_audio_seconds=max_audio_seconds, reader_options=reader_options)
     return rows
 
 

@@ -40,7 +40,8 @@ def _int_list(value: Optional[str], option: str) -> Optional[list[int]]:
                                  param_hint=option) from None
 
 
-def _limits(data_format: Optional[str], max_audio_seconds: Optional[float]) -> dict[str, Any]:
+def _limits(data_format: Optional[str], max_audio_seconds: Optional[float], box_format: Optional[str] = None,
+            normalized: Optional[bool] = None) -> dict[str, Any]:
     """The data-reading options given on the command line (those not given keep the API's defaults)."""
     if max_audio_seconds is not None and max_audio_seconds <= 0:
         raise typer.BadParameter(f"must be more than 0 seconds, got {max_audio_seconds}",
@@ -48,6 +49,9 @@ def _limits(data_format: Optional[str], max_audio_seconds: Optional[float]) -> d
     options: dict[str, Any] = {"data_format": data_format}
     if max_audio_seconds is not None:
         options["max_audio_seconds"] = max_audio_seconds
+    reading = {k: v for k, v in (("box_format", box_format), ("normalized", normalized or None)) if v is not None}
+    if reading:
+        options["reader_options"] = reading
     return options
 
 
@@ -76,7 +80,7 @@ _CONFIG_HELP = "YAML config, nested (model:, data:, optim: …) or flat as older
 
 
 @app.command()
-@config_options(only=("data_format", "max_audio_seconds"))
+@config_options(only=("data_format", "max_audio_seconds", "box_format", "normalized"))
 def validate(
     task: str = typer.Option(..., help=f"the task that reads the data: {tasks_help()}"),
     data: Path = typer.Option(
@@ -87,7 +91,8 @@ def validate(
     """Check every row of a dataset and print the data report (no model, no training)."""
     from modaltune.api import validate as run_validate
 
-    reports = run_validate(task, data, **_limits(flags["data_format"], flags["max_audio_seconds"]))
+    reports = run_validate(task, data, **_limits(flags["data_format"], flags["max_audio_seconds"],
+                                                 flags["box_format"], flags["normalized"]))
     if json_out:
         print(json.dumps(reports, indent=2))
         return
@@ -98,8 +103,10 @@ def validate(
         table.add_column("count", justify="right")
         table.add_row("rows read", str(report["rows_read"]))
         table.add_row("rows ok", str(report["rows_ok"]))
-        for reason, count in report.get("reason_counts", {}).items():
+        for reason, count in report.get("reasons", {}).items():
             table.add_row(f"bad: {reason}", str(count))
+        for reason, count in report.get("fixed", {}).items():
+            table.add_row(f"fixed: {reason}", str(count))
         for label, count in report.get("label_counts", {}).items():
             table.add_row(f"label {label}", str(count))
         Console().print(table)
@@ -237,7 +244,7 @@ def _print_metrics(metrics: dict, output: str) -> None:
 
 
 @app.command("eval")
-@config_options(only=("data_format", "max_audio_seconds"))
+@config_options(only=("data_format", "max_audio_seconds", "box_format", "normalized"))
 def evaluate(
     run_or_model: str = typer.Argument(..., help="run directory, its model/ folder, or a base model with --task"),
     data: Optional[str] = typer.Option(None, help="evaluation data (default: the run's validation data)"),
@@ -251,7 +258,8 @@ def evaluate(
     from modaltune.api import evaluate as run_evaluate
 
     metrics = run_evaluate(run_or_model, data, task=task, batch_size=batch_size, skip_bad=skip_bad,
-                           **_limits(flags["data_format"], flags["max_audio_seconds"]))
+                           **_limits(flags["data_format"], flags["max_audio_seconds"], flags["box_format"],
+                                     flags["normalized"]))
     if json_out:
         print(json.dumps(metrics, indent=2))
     else:

@@ -55,6 +55,10 @@ class DataSection(Section):
     skip_bad: bool = Field(default=False, description="skip bad rows (listed in data_report.json)")
     max_audio_seconds: float | None = Field(default=DEFAULT_MAX_AUDIO_SECONDS, gt=0, description=(
         "audio clips longer than this many seconds are bad rows (audio_too_long); null: no limit"))
+    box_format: Literal["xywh", "xyxy", "cxcywh"] | None = Field(default=None, description=(
+        "how a boxes JSONL writes its boxes: xywh (corner and size, the default) | xyxy | cxcywh"))
+    normalized: bool = Field(default=False, description=(
+        "a boxes JSONL's boxes are fractions of the image's width and height (0..1), not pixels"))
     balance: Literal["none", "oversample", "class-weights"] = Field(default="none", description="class balancing")
     augment: bool = Field(default=False, description="random resized crop + flip")
     workers: int | None = Field(default=None, ge=0, description="DataLoader worker processes (default: auto)")
@@ -68,6 +72,12 @@ class DataSection(Section):
             if value not in reader_names():
                 raise ValueError(f"unknown data format {value!r}; use one of: {', '.join(reader_names())}")
         return value
+
+    @property
+    def reader_options(self) -> dict[str, Any]:
+        """The reading options that were set, for the reader that takes them (`data.readers`)."""
+        return {k: v for k, v in (("box_format", self.box_format), ("normalized", self.normalized or None))
+                if v is not None}
 
     @property
     def num_workers(self) -> int:

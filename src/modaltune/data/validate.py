@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,13 @@ REASONS: dict[str, str] = {
     "bad_csv": "the CSV line has more cells than the header has columns",
     "missing_field": "a field the task needs is absent",
     "unsupported_file": "a file or folder that is not part of a supported layout",
+    "image_placeholder_mismatch": ("the number of <image> placeholders in a conversation's user turns is not the "
+                                   "number of images given (or a placeholder is outside a user turn)"),
+    "bad_role_order": ("a conversation's turns do not go (system,) user, assistant, user, assistant, …, ending "
+                       "with an assistant turn, or a role is unknown"),
+    "empty_turn": "a conversation has no turns, or a turn is empty (a user turn holding only an image is fine)",
+    "too_long": ("the conversation is longer than --max-length tokens once its image tokens are expanded; it is "
+                 "dropped, never cut through its image tokens (--truncate last-turn cuts its last answer instead)"),
     "bad_box": "a box is not 4 finite numbers, or has a negative width or height as written",
     "degenerate_box": "a box has no width or no height left inside the image",
     "box_outside_image": ("a box lies outside the image by more than the tolerance (2 px or 1 % of the longer "
@@ -185,14 +192,17 @@ def load_dataset(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     data_format: str | None = None,
     max_audio_seconds: float | None = DEFAULT_MAX_AUDIO_SECONDS,
+    reader_options: Mapping[str, Any] | None = None,
 ) -> tuple[list[Row], DataReport]:
     """Read and validate ``path``: the usable rows and a `DataReport`.
 
     Raises `DataError` listing the bad rows unless ``skip_bad``; with ``skip_bad`` the bad rows are
     left out and listed in the report. No usable rows at all is an error either way. ``data_format``
-    names the reader (``--data-format``) instead of sniffing the layout.
+    names the reader (``--data-format``) instead of sniffing the layout; ``reader_options`` go to the
+    reader that takes them (``box_format`` and ``normalized`` for a boxes JSONL; None values are unset).
     """
-    rows, format_bad, _root = read_rows(path, split=split, require=require, data_format=data_format)
+    rows, format_bad, _root = read_rows(path, split=split, require=require, data_format=data_format,
+                                        options=reader_options)
     good, media_bad = validate_rows(rows, require=require, known_labels=known_labels, max_pixels=max_pixels,
                                     max_audio_seconds=max_audio_seconds)
     # Back in file order (format-level problems were found in an earlier pass than media ones).

@@ -4,8 +4,14 @@ Built-in readers, in the order they sniff (the first that claims a path reads it
 
 ========================  ==============================================================
 ``vqa``                   the official VQA questions + annotations ``.json`` pair
+``coco-instances``        COCO instances ``.json`` (``images``, ``annotations`` with ``bbox``,
+                          ``categories``): detection boxes
 ``coco-captions``         COCO captions ``.json`` (``images`` + ``annotations`` with ``caption``)
-``csv`` / ``jsonl``       manifests, by extension
+``csv``                   CSV manifests, by extension
+``odvg``                  Grounding DINO's ODVG ``.jsonl`` (``filename`` + ``detection``)
+``boxes-jsonl``           a ``.jsonl`` of ``image``, ``boxes``, ``labels`` (``box_format``,
+                          ``normalized`` options)
+``jsonl``                 JSONL manifests, by extension
 ``folder``                class folders of images or audio; split folders
 ========================  ==============================================================
 
@@ -19,17 +25,21 @@ reads the path whatever its name (``--data-format jsonl`` for JSON lines in a ``
 A new layout subclasses `Reader` (``name``, ``summary``, ``sniff``, ``read``) and calls
 `register_reader`; nothing else changes. Problems of single rows become `BadRow`s so the user
 sees all of them at once; problems with the whole input raise `DataError`. Files are only read.
+Reading options (``read_rows(options=...)``) go to a reader that lists them in `Reader.options`;
+given to a reader that does not take them they are an error, not silently ignored.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from modaltune.data.fields import Field, as_fields
 from modaltune.data.readers.base import MANIFEST_EXTENSIONS, Reader, ReadResult, Source, dict_items
+from modaltune.data.readers.boxes_jsonl import BoxesJsonlReader
 from modaltune.data.readers.coco_captions import CocoCaptionsReader
+from modaltune.data.readers.coco_instances import CocoInstancesReader
 from modaltune.data.readers.folder import (
     IMAGE_EXTENSIONS,
     SPLIT_ALIASES,
@@ -37,6 +47,7 @@ from modaltune.data.readers.folder import (
     canonical_split,
     discover_splits,
 )
+from modaltune.data.readers.odvg import OdvgReader
 from modaltune.data.readers.tabular import CsvReader, JsonlReader
 from modaltune.data.readers.vqa import VqaReader
 from modaltune.errors import DataError
@@ -80,8 +91,9 @@ def accepted_layouts() -> str:
     """One sentence listing the accepted layouts and their ``--data-format`` names, for messages."""
     return ("Accepted: an image folder (root/<label>/*.jpg) or audio folder (root/<label>/*.wav|flac|ogg|mp3), "
             "a folder with train/ val/ test/ inside, a .csv / .jsonl manifest with columns image (or audio), "
-            "label, text (or question, answer), a COCO captions .json, or the official VQA questions + "
-            f"annotations .json pair (--data-format {' | '.join(_READERS)}).")
+            "label, text (or question, answer), a COCO captions .json, the official VQA questions + "
+            "annotations .json pair, or detection boxes: a COCO instances .json, an ODVG .jsonl, or a .jsonl of "
+            f"image, boxes, labels (--data-format {' | '.join(_READERS)}).")
 
 
 def read_rows(
@@ -90,11 +102,14 @@ def read_rows(
     split: str | None = None,
     require: Sequence[Field | str] = ("image", "label"),
     data_format: str | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> ReadResult:
     """Read ``path`` into rows, format-level bad rows, and the media root (the folder paths are inside).
 
     ``require`` names the fields the task needs; a manifest without such a column at all raises
     `DataError` (every row would fail). ``data_format`` names the reader to use instead of sniffing.
+    ``options`` are reading options for the reader that takes them (``{"box_format": "cxcywh",
+    "normalized": True}`` for a boxes JSONL); None values count as not given.
     Row media paths are absolute, so the media root is only for display. Row ids are relative to
     ``path`` (``cats/001.jpg``, ``train/pairs.jsonl:12``).
     """
@@ -110,7 +125,7 @@ def read_rows(
                 f"split={split!r} was given but {path} is a single manifest file; splits are folders "
                 f"(train/ val/ test/) next to each other. Point at the folder holding them instead."
             )
-        return read_path(path, require=require, id_prefix="", reader=explicit)
+        return read_path(path, require=require, id_prefix="", reader=explicit, options=options)
 
     splits = discover_splits(path)
     if split is not None:
@@ -122,25 +137,26 @@ def read_rows(
                 f"Create {path / canonical}/ or use one of the splits found."
             )
         folder = splits[canonical]
-        return read_path(folder, require=require, id_prefix=f"{folder.name}/", reader=explicit)
+        return read_path(folder, require=require, id_prefix=f"{folder.name}/", reader=explicit, options=options)
     if splits:
         have = ", ".join(f"{p.name}/" for p in splits.values())
         raise DataError(
             f"{path} is divided into split folders ({have}); read one at a time with "
             f"read_rows(path, split='train'), or point at {next(iter(splits.values()))} directly."
         )
-    return read_path(path, require=require, id_prefix="", reader=explicit)
+    return read_path(path, require=require, id_prefix="", reader=explicit, options=options)
 
 
 def read_path(path: Path, *, require: Sequence[Field | str], id_prefix: str,
-              reader: Reader | None = None) -> ReadResult:
+              reader: Reader | None = None, options: Mapping[str, Any] | None = None) -> ReadResult:
     """Read one file or one (non-split) folder with ``reader``, or with the reader that sniffs it."""
+    given = {k: v for k, v in (options or {}).items() if v is not None}
     source = Source(path)
     if source.is_dir and not (reader is not None and reader.reads_folders):
         whole = None if reader is not None else next(
             (r for r in _READERS.values() if r.reads_folders and r.name != "folder" and r.sniff(source)), None)
         if whole is not None:
-            return whole.read(source, require=require, id_prefix=id_prefix)
+            return _read(whole, source, require=require, id_prefix=id_prefix, options=given)
         manifests = source.data_files()
         if len(manifests) > 1:
             names = ", ".join(p.name for p in manifests)
@@ -152,7 +168,7 @@ def read_path(path: Path, *, require: Sequence[Field | str], id_prefix: str,
             if reader is not None:
                 raise DataError(f"--data-format {reader.name} reads a file, but {path} is a folder holding no "
                                 f"{' / '.join(MANIFEST_EXTENSIONS)} file. Point at the file itself.")
-            return _READERS["folder"].read(source, require=require, id_prefix=id_prefix)
+            return _read(_READERS["folder"], source, require=require, id_prefix=id_prefix, options=given)
         source = source.child(manifests[0])
     if reader is None:
         reader = next((r for r in _READERS.values() if r.sniff(source)), None)
@@ -161,14 +177,27 @@ def read_path(path: Path, *, require: Sequence[Field | str], id_prefix: str,
             raise DataError(_unknown_json(source))
         raise DataError(
             f"Unsupported data file {source.path} (extension {source.suffix or 'none'!r}). {accepted_layouts()}")
-    return reader.read(source, require=require, id_prefix=id_prefix)
+    return _read(reader, source, require=require, id_prefix=id_prefix, options=given)
+
+
+def _read(reader: Reader, source: Source, *, require: Sequence[Field | str], id_prefix: str,
+          options: dict[str, Any]) -> ReadResult:
+    """``reader.read`` with the options it takes; `DataError` for options it does not."""
+    unused = sorted(set(options) - set(reader.options))
+    if unused:
+        takers = [r.name for r in _READERS.values() if set(unused) & set(r.options)]
+        flags = ", ".join("--" + name.replace("_", "-") for name in unused)
+        raise DataError(f"{flags} {'applies' if len(unused) == 1 else 'apply'} to {' / '.join(takers) or 'no reader'} "
+                        f"data, but {source.path} is read as {reader.name} ({reader.summary}). Drop {flags}.")
+    return reader.read(source, require=require, id_prefix=id_prefix, **options)
 
 
 def _unknown_json(source: Source) -> str:
     return (
         f"{source.path} is not a COCO captions file nor any other .json layout modaltune reads: it is "
         f"{describe_json(source.json())}. Readable .json layouts: COCO captions ('images' + 'annotations' "
-        f"whose entries have 'caption') and the official VQA questions + annotations pair; a manifest with one "
+        f"whose entries have 'caption'), COCO instances ('images', 'annotations' with 'bbox', 'categories') "
+        f"and the official VQA questions + annotations pair; a manifest with one "
         f"JSON object per line is JSONL (name it .jsonl, or pass --data-format jsonl). "
         f"Layouts by --data-format name: {', '.join(_READERS)}."
     )
@@ -182,8 +211,8 @@ def describe_json(data: Any) -> str:
         if any("bbox" in a for a in annotations):
             if any("keypoints" in a for a in annotations):
                 return f"a COCO keypoints file (top-level keys {keys}): keypoint detection is not supported yet"
-            return (f"a COCO instances file (top-level keys {keys}; annotations with 'bbox'): "
-                    f"detection is not supported yet")
+            return (f"a COCO instances file (top-level keys {keys}; annotations with 'bbox') without its "
+                    f"'categories' list, which names the boxes' category_id (add it; detection reads --task detect)")
         if any("segments_info" in a for a in annotations):
             return f"a COCO panoptic file (top-level keys {keys}): segmentation is not supported yet"
         if annotations:
@@ -208,8 +237,11 @@ def describe_json(data: Any) -> str:
 
 
 register_reader(VqaReader())
+register_reader(CocoInstancesReader())
 register_reader(CocoCaptionsReader())
 register_reader(CsvReader())
+register_reader(OdvgReader())
+register_reader(BoxesJsonlReader())
 register_reader(JsonlReader())
 register_reader(FolderReader())
 

@@ -89,6 +89,8 @@ class Reader(ABC):
     name: ClassVar[str]
     summary: ClassVar[str]
     reads_folders: ClassVar[bool] = False
+    #: Reading options `read` takes as keywords (``box_format``, ``normalized`` for boxes JSONL).
+    options: ClassVar[tuple[str, ...]] = ()
 
     @abstractmethod
     def sniff(self, source: Source) -> bool:
@@ -99,7 +101,8 @@ class Reader(ABC):
         """Rows, format-level bad rows and the media root; `DataError` when the whole input is unusable.
 
         ``require`` names the fields the task needs (a layout that cannot hold one raises);
-        ``id_prefix`` is put before every row id (``train/`` for a split folder).
+        ``id_prefix`` is put before every row id (``train/`` for a split folder). A reader that
+        lists `options` takes them as further keywords (only those given are passed).
         """
 
 
