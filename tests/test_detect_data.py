@@ -270,3 +270,28 @@ def test_augmentation_moves_boxes_with_the_pixels():
                     (seed, box.label, seen, target)
         flips.add(("circle" in found) and found["circle"].xyxy[0] > 48)
     assert kept >= 150 and tight >= 60 and dropped >= 3 and flips == {True, False}
+
+
+# ---- the command line ---------------------------------------------------------------------------
+
+
+def test_validate_detect_on_the_command_line(capsys, tmp_path, scenes):
+    from _cli import invoke
+
+    code, out, err = invoke(capsys, "validate", "--task", "detect", "--data", str(scenes.coco), "--json")
+    assert code == 0, err
+    report = json.loads(out)["all"]
+    assert report["rows_ok"] == 12 and sum(report["label_counts"].values()) == scenes.boxes
+
+    Image.new("RGB", (200, 100)).save(tmp_path / "a.png")
+    (tmp_path / "boxes.jsonl").write_text(json.dumps({"image": "a.png", "boxes": [[0.5, 0.5, 1.0, 0.5]],
+                                                      "labels": ["cat"]}) + "\n")
+    args = ("validate", "--task", "detect", "--data", str(tmp_path / "boxes.jsonl"), "--json")
+    code, out, err = invoke(capsys, *args, "--box-format", "cxcywh", "--normalized")
+    assert code == 0 and json.loads(out)["all"]["rows_ok"] == 1, err
+    code, out, err = invoke(capsys, *args)  # read as xywh pixels: a 1 x 0.5 px box, half a pixel tall, is fine
+    assert code == 0, err
+    code, _, err = invoke(capsys, *args, "--box-format", "xyxy")  # corners (0.5, 0.5) and (1, 0.5): no height
+    assert code == 2 and "degenerate_box" in err
+    code, _, err = invoke(capsys, "validate", "--task", "detect", "--data", str(scenes.coco), "--normalized")
+    assert code == 2 and "--normalized applies to boxes-jsonl data" in err

@@ -143,8 +143,8 @@ def clip_box(box: Box, size: tuple[int, int]) -> tuple[Box, bool]:
     if out > outside_tolerance(size):
         raise FieldError("box_outside_image",
                          f"box {_fmt(box.xyxy)} ({box.label!r}, xyxy pixels) lies {out:.1f} px outside the "
-                         f"{w}x{h} image (tolerance {outside_tolerance(size):.1f} px): wrong image, wrong box "
-                         f"format (--box-format) or normalized boxes read as pixels (--normalized)?")
+                         f"{w}x{h} image (tolerance {outside_tolerance(size):.1f} px): the wrong image, or boxes "
+                         f"in another format (a boxes JSONL says its own: --box-format, --normalized)?")
     clipped = (float(min(max(x0, 0.0), w)), float(min(max(y0, 0.0), h)),
                float(min(max(x1, 0.0), w)), float(min(max(y1, 0.0), h)))
     if clipped[2] - clipped[0] <= 0 or clipped[3] - clipped[1] <= 0:
