@@ -283,6 +283,29 @@ def test_caption_writes_the_caption_predict_writes(tiny_git, shape_folder):
     assert got["caption"] == expected["caption"]
 
 
+def test_detect_answers_boxes_with_the_servers_threshold_and_the_requests_labels(tiny_owlv2, shape_folder):
+    [image] = _images(shape_folder, 1)
+    labels, asked = ["red circle", "blue square"], ["green triangle", "yellow star", "red circle"]
+    # threshold 0: the random tiny detector's boxes all count, so there are boxes to compare
+    options = {"task": "detect", "threshold": 0.0, "max_detections": 5}
+    expected = api.predict(tiny_owlv2, [str(image)], labels=labels, **options)[0]
+    expected_asked = api.predict(tiny_owlv2, [str(image)], labels=asked, **options)[0]
+    service = Service.load(tiny_owlv2, labels=labels, limits=FAST, **options)
+    with TestClient(create_app(service)) as client:
+        assert client.get("/info").json()["labels"] == labels
+        got = client.post("/predict", files={"file": ("a.png", image.read_bytes())}).json()["predictions"][0]
+        got_asked = client.post("/predict", files={"file": ("a.png", image.read_bytes())},
+                                data={"labels": ", ".join(asked)}).json()["predictions"][0]
+        one = client.post("/predict", files={"file": ("a.png", image.read_bytes())}, data={"labels": "red circle"})
+    service.close()
+    for answer, reference in ((got, expected), (got_asked, expected_asked)):
+        assert len(answer["boxes"]) == 5 and answer["labels"] == reference["labels"]
+        np.testing.assert_allclose(answer["boxes"], reference["boxes"], atol=1e-3)
+        np.testing.assert_allclose(answer["scores"], reference["scores"], atol=1e-5)
+    assert set(got_asked["labels"]) <= set(asked)
+    assert one.status_code == 200, "one label is a question a detector can answer"
+
+
 def test_audio_model_limits_clip_length(tiny_clap):
     service = Service.load(tiny_clap, task="classify", labels=["tone", "noise"],
                            limits=ServeLimits(batch_wait_ms=0, max_audio_seconds=1.0))

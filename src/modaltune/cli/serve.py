@@ -11,16 +11,18 @@ from modaltune.cli.options import config_options, tasks_help
 from modaltune.serve.limits import ServeLimits
 
 _DEFAULTS = ServeLimits()
+#: The tasks' own options a server may set (`predict`'s, less --save-images: a server writes no files).
+_TASK_OPTIONS = ("num_beams", "max_new_tokens", "threshold", "max_detections")
 
 
 @app.command()
-@config_options(only=("num_beams", "max_new_tokens"))
+@config_options(only=_TASK_OPTIONS)
 def serve(
     run_or_model: str = typer.Argument(..., help="run directory, its model/ folder, or a base model with --task"),
     host: str = typer.Option("127.0.0.1", help="address to listen on (0.0.0.0: every interface)"),
     port: int = typer.Option(8000, help="port to listen on"),
     task: Optional[str] = typer.Option(None, help=f"task for a base model: {tasks_help()}"),
-    labels: Optional[str] = typer.Option(None, help="classify a base model zero-shot over these labels: a,b,c"),
+    labels: Optional[str] = typer.Option(None, help="classify (or detect) zero-shot over these labels: a,b,c"),
     texts: Optional[str] = typer.Option(None, help="retrieve: candidate texts to rank: a,b,c"),
     max_upload_mb: float = typer.Option(_DEFAULTS.max_upload_mb, help="largest request body, in MB (413 past it)"),
     max_pixels: int = typer.Option(_DEFAULTS.max_pixels, help="largest decoded image, in pixels (413 past it)"),
@@ -44,7 +46,7 @@ def serve(
                          max_pending=max_pending).check()
     service = Service.load(run_or_model, limits=limits, task=task, labels=_split_list(labels),
                            texts=_split_list(texts), trust_remote_code=trust_remote_code,
-                           num_beams=flags["num_beams"], max_new_tokens=flags["max_new_tokens"])
+                           **{name: flags.get(name) for name in _TASK_OPTIONS})
     console.print(f"serving {service.task.name} model {run_or_model} on http://{host}:{port}/ "
                   f"(API docs at /docs; Ctrl-C stops)", highlight=False)
     run_server(service, host=host, port=port)

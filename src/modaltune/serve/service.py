@@ -70,15 +70,16 @@ class Service:
     @classmethod
     def load(cls, model_or_run: str | Path, *, limits: ServeLimits, task: str | None = None,
              labels: list[str] | None = None, texts: list[str] | None = None, trust_remote_code: bool = False,
-             num_beams: int | None = None, max_new_tokens: int | None = None) -> Service:
-        """Load a run directory, a saved model, or a base model with ``task`` (zero-shot) once."""
+             **task_options: Any) -> Service:
+        """Load a run directory, a saved model, or a base model with ``task`` (zero-shot) once;
+        ``task_options`` are the task's own (num_beams, threshold, ...; None: the task's default)."""
         from modaltune.api import load_model
 
         instance, loaded = load_model(model_or_run, task=task, labels=labels, texts=texts,
-                                      trust_remote_code=trust_remote_code, num_beams=num_beams,
-                                      max_new_tokens=max_new_tokens)
+                                      trust_remote_code=trust_remote_code, **task_options)
+        given = {k: v for k, v in {**task_options, "texts": texts}.items() if v is not None}
         return cls(instance, loaded, source=str(model_or_run), limits=limits.check(),
-                   run_root=_run_root(Path(model_or_run)), base_options={"texts": texts} if texts else {})
+                   run_root=_run_root(Path(model_or_run)), base_options=given)
 
     def close(self) -> None:
         shutil.rmtree(self._tmp, ignore_errors=True)
@@ -228,11 +229,12 @@ class Service:
         if key in self._attached:
             self._attached.move_to_end(key)
             return self._attached[key]
-        # The loaded model's own settings (a classifier's prompt template) carry over, its vocabularies
-        # (labels, categories: lists) do not, since the request's options replace them; the new task's
-        # head is attached to the same backbone (shared, not copied).
+        # The loaded model's own settings (a classifier's prompt template) and the server's task options
+        # (a detector's threshold) carry over; its vocabularies (labels, categories: lists) do not, since
+        # the request's options replace them. The new task is attached to the same backbone (shared).
         accepted = _constructor_options(type(self.task))
         carried = {k: v for k, v in self.loaded.state.items() if k in accepted and not isinstance(v, list)}
+        carried.update({k: v for k, v in self.base_options.items() if k in accepted})
         task = create_task(self.task.name, **{**carried, **options})
         pair = (task, task.attach(self.loaded))
         self._attached[key] = pair
