@@ -74,13 +74,15 @@ def _text_parts(name: str = "message") -> str:
 
 
 def _template(*, system: str, user: str, assistant: str, assistant_end: str, generation_prompt: str,
-              image_placeholder: str, bos: str = "", default_system: str = "") -> str:
+              image_placeholder: str, bos: str = "", default_system: str = "", lead: str = "") -> str:
     """A chat template: ``bos``, then each turn as ``<prefix>content<suffix>``; the assistant's content
     and ``assistant_end`` (its end-of-turn token) inside ``{% generation %}``.
 
     Each of ``system``, ``user``, ``assistant`` is ``prefix{}suffix``; newlines are written as
     ``{{ '\\n' }}`` since transformers renders templates with ``trim_blocks``. ``default_system`` is
     written as a system turn when the conversation has none (as Qwen2-VL's own template does).
+    ``lead`` (LLaVA's space after ``ASSISTANT:``) opens the answer inside ``{% generation %}``: the
+    generation prompt stops before it, so it is the first thing the model writes and a target.
     """
     def turn(spec: str) -> tuple[str, str]:
         prefix, suffix = spec.split("{}")
@@ -98,7 +100,8 @@ def _template(*, system: str, user: str, assistant: str, assistant_end: str, gen
         + "{%- if message['role'] == 'system' -%}" + sp + _text_parts() + ss
         + "{%- elif message['role'] == 'user' -%}" + up + _text_parts() + us
         + "{%- elif message['role'] == 'assistant' -%}" + ap
-        + "{%- generation -%}" + _text_parts() + _literal(assistant_end) + "{%- endgeneration -%}" + as_
+        + "{%- generation -%}" + _literal(lead) + _text_parts() + _literal(assistant_end)
+        + "{%- endgeneration -%}" + as_
         + "{%- endif -%}{%- endfor -%}"
         + "{%- if add_generation_prompt -%}" + _literal(generation_prompt) + "{%- endif -%}"
     )
@@ -108,8 +111,8 @@ def _literal(text: str) -> str:
     return "{{ " + repr(text) + " }}" if text else ""
 
 
-LLAVA_TEMPLATE = _template(system="{}\n", user="USER: {} ", assistant="ASSISTANT: {} ", assistant_end="</s>",
-                           generation_prompt="ASSISTANT:", image_placeholder="<image>")
+LLAVA_TEMPLATE = _template(system="{}\n", user="USER: {} ", assistant="ASSISTANT:{} ", assistant_end="</s>",
+                           generation_prompt="ASSISTANT:", image_placeholder="<image>", lead=" ")
 #: ChatML, as Qwen2-VL-Instruct writes it (default system prompt, images between vision start/end).
 QWEN2_VL_TEMPLATE = _template(
     system="<|im_start|>system\n{}<|im_end|>\n", user="<|im_start|>user\n{}<|im_end|>\n",
@@ -119,8 +122,8 @@ QWEN2_VL_TEMPLATE = _template(
 #: SmolVLM-Instruct's turn format (``User:`` / ``Assistant:`` ending in ``<end_of_utterance>``).
 IDEFICS3_TEMPLATE = _template(
     bos="<|im_start|>", system="System: {}<end_of_utterance>\n", user="User:{}<end_of_utterance>\n",
-    assistant="Assistant: {}\n", assistant_end="<end_of_utterance>", generation_prompt="Assistant:",
-    image_placeholder="<image>")
+    assistant="Assistant:{}\n", assistant_end="<end_of_utterance>", generation_prompt="Assistant:",
+    image_placeholder="<image>", lead=" ")
 
 
 # --------------------------------------------------------------------------- tokenizer

@@ -42,10 +42,18 @@ def register_decoder(decoder: MediaDecoder) -> MediaDecoder:
     return decoder
 
 
+def kind_of(name: str) -> str:
+    """The kind of an example's media reference named ``name``: the name itself (``image``,
+    ``audio``), or what comes before ``#`` for a further reference of that kind (``image#1`` is an
+    example's second image, as chat conversations with several images hold them)."""
+    return name.split("#", 1)[0]
+
+
 def get_decoder(kind: str) -> MediaDecoder:
-    """The decoder registered for ``kind``; `KeyError` naming the known kinds otherwise."""
+    """The decoder registered for ``kind`` (or for the kind of a media reference name, see `kind_of`);
+    `KeyError` naming the known kinds otherwise."""
     try:
-        return _DECODERS[kind]
+        return _DECODERS[kind_of(kind)]
     except KeyError:
         raise KeyError(f"no media decoder for kind {kind!r}; registered: {', '.join(sorted(_DECODERS))}") from None
 
