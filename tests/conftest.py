@@ -140,6 +140,56 @@ def tiny_git(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_git_caption(tmp_path_factory.mktemp("tiny-git"), texts=_vl_texts(), seed=0)
 
 
+# ---- chat VLMs (LLaVA, Qwen2-VL, Idefics3, PaliGemma) --------------------------------------------
+
+
+def _tiny_chat(tmp_path_factory: pytest.TempPathFactory, arch: str) -> Path:
+    from modaltune.testing.synthetic_chat import chat_texts
+    from modaltune.testing.tiny_chat import BUILDERS
+
+    return BUILDERS[arch](tmp_path_factory.mktemp(f"tiny-{arch}"), texts=chat_texts(), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_llava(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random tiny LLaVA (CLIP tower, Llama LM, 16 image tokens) with processor and chat template."""
+    return _tiny_chat(tmp_path_factory, "llava")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_vl(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random tiny Qwen2-VL (dynamic resolution; load its processor with models.chat_processor.load_processor)."""
+    return _tiny_chat(tmp_path_factory, "qwen2_vl")
+
+
+@pytest.fixture(scope="session")
+def tiny_idefics3(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random tiny Idefics3 (SmolVLM's architecture: image tiles plus a global image)."""
+    return _tiny_chat(tmp_path_factory, "idefics3")
+
+
+@pytest.fixture(scope="session")
+def tiny_paligemma(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random tiny PaliGemma (prefix/suffix, no chat template)."""
+    return _tiny_chat(tmp_path_factory, "paligemma")
+
+
+@pytest.fixture(scope="session")
+def chat_llava_json(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`chat.json` in LLaVA's layout: 24 synthetic conversations (32px PNGs under `images/`)."""
+    from modaltune.testing.synthetic_chat import write_llava_json
+
+    return write_llava_json(tmp_path_factory.mktemp("chat-llava"), 24, seed=0)
+
+
+@pytest.fixture(scope="session")
+def chat_messages_jsonl(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`chat.jsonl` of {"messages", "images"} lines: the same 24 conversations as `chat_llava_json`."""
+    from modaltune.testing.synthetic_chat import write_messages_jsonl
+
+    return write_messages_jsonl(tmp_path_factory.mktemp("chat-msgs"), 24, seed=0)
+
+
 # ---- audio–text family (CLAP) ---------------------------------------------------------------
 
 #: Sound classes of the audio fixtures (`modaltune.testing.synthetic_audio.SOUND_KINDS`).

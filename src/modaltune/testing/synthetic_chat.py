@@ -19,6 +19,7 @@ Both hold the same conversations for a seed; images go to ``images/`` beside the
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Callable
@@ -188,12 +189,17 @@ def chat_samples(n: int, seed: int, *, image_size: int = 32, kinds: tuple[str, .
     return out
 
 
+@functools.lru_cache(maxsize=1)
+def _texts() -> tuple[str, ...]:
+    texts: list[str] = []
+    for s in chat_samples(200, seed=12345, image_size=8):
+        texts += [t.replace("<image>", "") for _, t in s.turns] + ([s.system] if s.system else [])
+    return tuple(texts)
+
+
 def chat_texts() -> list[str]:
     """Text in the style of these conversations, for training a tiny model's tokenizer."""
-    texts = []
-    for s in chat_samples(200, seed=12345):
-        texts += [t.replace("<image>", "") for _, t in s.turns] + ([s.system] if s.system else [])
-    return texts
+    return list(_texts())
 
 
 def _write_images(out_dir: Path, samples: list[ChatSample]) -> list[list[str]]:

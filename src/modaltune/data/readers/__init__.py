@@ -7,10 +7,12 @@ Built-in readers, in the order they sniff (the first that claims a path reads it
 ``coco-instances``        COCO instances ``.json`` (``images``, ``annotations`` with ``bbox``,
                           ``categories``): detection boxes
 ``coco-captions``         COCO captions ``.json`` (``images`` + ``annotations`` with ``caption``)
+``chat-json``             a ``.json`` list of LLaVA / messages chat records
 ``csv``                   CSV manifests, by extension
 ``odvg``                  Grounding DINO's ODVG ``.jsonl`` (``filename`` + ``detection``)
 ``boxes-jsonl``           a ``.jsonl`` of ``image``, ``boxes``, ``labels`` (``box_format``,
                           ``normalized`` options)
+``chat-jsonl``            a ``.jsonl`` of LLaVA / messages chat records
 ``jsonl``                 JSONL manifests, by extension
 ``folder``                class folders of images or audio; split folders
 ========================  ==============================================================
@@ -37,6 +39,7 @@ from typing import Any
 
 from modaltune.data.fields import Field, as_fields
 from modaltune.data.readers.base import MANIFEST_EXTENSIONS, Reader, ReadResult, Source, dict_items
+from modaltune.data.readers.chat import ChatJsonlReader, ChatJsonReader
 from modaltune.data.readers.boxes_jsonl import BoxesJsonlReader
 from modaltune.data.readers.coco_captions import CocoCaptionsReader
 from modaltune.data.readers.coco_instances import CocoInstancesReader
@@ -222,10 +225,11 @@ def describe_json(data: Any) -> str:
     if isinstance(data, list):
         items = dict_items(data)
         if any("conversations" in x for x in items):
-            return ("a LLaVA conversations file (a list of {'image', 'conversations'} objects): visual chat "
-                    "is not supported yet")
+            return ("a LLaVA conversations file (a list of {'image', 'conversations'} objects), but not every "
+                    "item has a 'conversations' list; chat data is read with --data-format chat-json")
         if any("messages" in x for x in items):
-            return "a chat file of 'messages' lists: visual chat is not supported yet"
+            return ("a chat file of 'messages' lists, but not every item has one; chat data is read with "
+                    "--data-format chat-json")
         if items:
             item_keys = sorted({k for x in items for k in x})
             shown = ", ".join(repr(k) for k in item_keys[:12]) + (", …" if len(item_keys) > 12 else "")
@@ -244,6 +248,10 @@ register_reader(OdvgReader())
 register_reader(BoxesJsonlReader())
 register_reader(JsonlReader())
 register_reader(FolderReader())
+# Chat records are a .json *list* (COCO and VQA files are objects) or .jsonl lines with a
+# conversations/messages list: both sniff before the generic manifests.
+register_reader(ChatJsonReader(), before="csv")
+register_reader(ChatJsonlReader(), before="jsonl")
 
 __all__ = [
     "IMAGE_EXTENSIONS",
