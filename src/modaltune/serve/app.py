@@ -179,15 +179,15 @@ async def _parse_form(request: Request, service: Service) -> tuple[list[Input], 
         raise ServeError(400, "bad_multipart", str(exc.detail)) from None
     try:
         values = {k: v for k, v in form.multi_items() if isinstance(v, str)}
-        question = values.get("question")
+        # The task's other fields (a question; a conversation, as JSON) go with every file of the request.
+        fields = {k: _json_or_text(v) for k, v in values.items() if k not in ("labels", "texts")}
         inputs: list[Input] = []
         for key, value in form.multi_items():
             if isinstance(value, UploadFile):
                 if key not in _MEDIA_KEYS:
                     raise ServeError(422, "unknown_field", f"file field {key!r}: send files as 'file'")
                 data = await value.read()
-                inputs.append(Input(data, _display_name(value.filename, len(inputs)),
-                                    {"question": question} if question is not None else {}))
+                inputs.append(Input(data, _display_name(value.filename, len(inputs)), dict(fields)))
         options: dict[str, Any] = {name: values[name] for name in ("labels", "texts") if name in values}
         return inputs, options
     finally:
@@ -217,6 +217,18 @@ async def _parse_json(request: Request, service: Service) -> tuple[list[Input], 
         inputs.append(Input(_from_base64(entry[key], i), _display_name(name, i), values))
     options = {name: body[name] for name in ("labels", "texts") if name in body}
     return inputs, options
+
+
+def _json_or_text(value: str) -> Any:
+    """A form field's value: JSON when it is a JSON list or object (a conversation), else the text."""
+    import json
+
+    if value.lstrip().startswith(("[", "{")):
+        try:
+            return json.loads(value)
+        except ValueError:
+            pass
+    return value
 
 
 def _from_base64(value: Any, index: int) -> bytes:

@@ -201,7 +201,8 @@ class Service:
             if f is None or value is None:
                 continue
             try:
-                values[name] = f.parse(value, root=self._tmp, column=name)
+                # No media path in a value is ever read: it resolves inside a folder that does not exist.
+                values[name] = f.parse(value, root=self._tmp / "no-files", column=name)
             except FieldError as exc:
                 raise ServeError(422, exc.reason, f"input {index} ({item.name!r}): {exc.detail}") from None
             problem = f.problem(values)
