@@ -108,9 +108,14 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Any = None) -> di
     started = time.perf_counter()
     cfg = cfg.resolved()  # the strategy's defaults filled in: config.yaml holds what runs
     setup = _prepare(cfg, resume)
-    trained = _adapt(setup, resume=resume, progress=progress)
-    metrics = _final_metrics(setup, trained, started)
-    _write_outputs(setup, trained.cfg, metrics)
+    from modaltune.trainer.tracking import tracking
+
+    # --report-to: the trackers get the config now, the history as it is written, the results at the end.
+    with tracking(cfg.runtime.report_to, setup.run, cfg.model_dump(mode="json"), resume=resume) as tracked:
+        trained = _adapt(setup, resume=resume, progress=progress, callbacks=tracked.callbacks)
+        metrics = _final_metrics(setup, trained, started)
+        _write_outputs(setup, trained.cfg, metrics)
+        tracked.finish(metrics)
     return metrics
 
 
@@ -164,7 +169,7 @@ def _prepare(cfg: TrainConfig, resume: bool) -> _Setup:
     return _Setup(cfg, run, splits, task, old_task, replay)
 
 
-def _adapt(setup: _Setup, *, resume: bool, progress: Any) -> _Trained:
+def _adapt(setup: _Setup, *, resume: bool, progress: Any, callbacks: Sequence[Any] = ()) -> _Trained:
     """Load, baseline, apply the strategy, fit, WiSE-FT and export; the model does not outlive this call,
     so the final scoring loads ``model/`` with no training copy beside it (the run's peak memory is
     training's, not two models side by side)."""
@@ -211,7 +216,7 @@ def _adapt(setup: _Setup, *, resume: bool, progress: Any) -> _Trained:
     result = None
     if cfg.strategy.name != "zero-shot":
         result = fit(cfg, task, loaded, splits.train, splits.val, setup.run, resume=resume, progress=progress,
-                     replay=None if replay_skipped else replay, anchor=anchor)
+                     replay=None if replay_skipped else replay, anchor=anchor, callbacks=callbacks)
     wise = None
     if cfg.transfer.wise_ft is not None and anchor is not None:
         wise = _wise_ft(cfg, task, loaded, splits.val, anchor, setup.old_task, old_before)
@@ -391,7 +396,7 @@ def _check_output(run: RunDir, cfg: TrainConfig, resume: bool) -> None:
         from modaltune.config import build_config
 
         saved = build_config(run.config).resolved().flat()
-        ignore = {"data.workers", "runtime.eval_batch_size"}  # do not change the result
+        ignore = {"data.workers", "runtime.eval_batch_size", "runtime.report_to"}  # do not change the result
         current = cfg.resolved().flat()
         changed = [k for k, v in current.items() if k not in ignore and saved.get(k) != v]
         if changed:
@@ -497,6 +502,10 @@ def predict(model_or_run: str | Path, inputs: Sequence[str | Path], *, task: str
         except MediaError as exc:
             raise DataError(f"{item}: {exc.reason}: {exc.detail}") from None
         rows.append(Row(id=str(item), media={kind: Path(item)}, question=question))
+    from modaltune.export.onnx_predict import is_onnx_export, predict_onnx
+
+    if is_onnx_export(model_or_run):  # `modaltune export` output: onnxruntime, no PyTorch model
+        return predict_onnx(model_or_run, rows, labels=labels, texts=texts)
     instance, loaded = load_model(model_or_run, task=task, labels=labels, texts=texts, num_beams=num_beams,
                                   max_new_tokens=max_new_tokens, **task_options)
     taken = media_kinds(instance.fields)

@@ -336,6 +336,7 @@ def bench_transfer(
                     rerun=_split_list(rerun), console=console)
 
 
+from modaltune.cli import export as _export  # noqa: E402, F401  (registers `modaltune export`)
 from modaltune.cli import serve as _serve  # noqa: E402, F401  (registers `modaltune serve`)
 
 #: Typer 0.2x vendors its own click: the usage errors it raises (a missing or malformed option, a
