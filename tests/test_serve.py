@@ -230,7 +230,7 @@ def test_timeout_and_busy_answers(service):
     with _client(service, timeout=0.05, batch_wait_ms=2000) as client:
         assert "--timeout" in _error(client.post("/predict", files={"file": ("a.png", png)}), 504, "timeout")
         assert client.get("/health").json()["status"] == "ok"
-    with _client(service, max_pending=1, batch_wait_ms=1500) as client:
+    with _client(service, max_pending=1, batch_wait_ms=2500) as client:
         first: dict = {}
         thread = threading.Thread(target=lambda: first.update(r=client.post("/predict", files={"file": ("a", png)})))
         thread.start()
