@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[dev,serve,serve-test,detect]"
+	$(PY) -m pip install -q -e ".[dev,serve,serve-test,detect,onnx,track]"
 	@touch $(STAMP)
 
 venv: $(STAMP)
