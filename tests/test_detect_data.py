@@ -117,6 +117,20 @@ def test_coco_instances_and_captions_are_told_apart(tmp_path, scenes):
     assert rows[0].boxes == () and categories_of(rows) == ["cat"] and not bad
 
 
+def test_coco_layout_with_images_beside_the_annotations_folder(tmp_path):
+    # coco/annotations/instances_val2017.json, images in coco/val2017/ (COCO's own download layout)
+    (tmp_path / "coco" / "val2017").mkdir(parents=True)
+    Image.new("RGB", (20, 10)).save(tmp_path / "coco" / "val2017" / "000000000139.jpg")
+    annotations = tmp_path / "coco" / "annotations"
+    annotations.mkdir()
+    _coco(annotations, [{"id": 139, "file_name": "000000000139.jpg", "width": 20, "height": 10}],
+          [{"id": 1, "image_id": 139, "category_id": 2, "bbox": [1, 1, 5, 5], "iscrowd": 0}]).rename(
+        annotations / "instances_val2017.json")
+    rows, report = load_dataset(annotations / "instances_val2017.json", require=DETECT)
+    assert [(r.id, r.image, [b.label for b in r.boxes]) for r in rows] == [
+        ("instances_val2017.json:img139", tmp_path / "coco" / "val2017" / "000000000139.jpg", ["dog"])]
+
+
 # ---- reason codes -------------------------------------------------------------------------------
 
 

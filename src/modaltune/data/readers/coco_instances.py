@@ -10,11 +10,17 @@ on the annotations (or no annotation at all) and no ``keypoints`` (a keypoints f
 
 Problems of one image (an unknown ``category_id``, a bad box, a box outside the image) make that
 image a bad row; an annotation pointing at no image is reported under ``<file>:ann<id>``.
+
+``file_name`` is looked up in the json's folder, then its ``<split>/``, ``images/<split>/`` and
+``images/`` (``<split>`` from the file name: ``instances_val2017.json`` → ``val2017``); for COCO's
+own layout (``annotations/instances_val2017.json`` beside ``val2017/``) the same places in the
+folder above ``annotations/``. The first place holding one of the first images is the images root.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from modaltune.data.fields import Field
@@ -46,7 +52,6 @@ class CocoInstancesReader(Reader):
             raise DataError(f"{path} is not a COCO instances file: it needs top-level 'images', 'annotations' and "
                             f"'categories' lists.")
         check_detection_fields(path, "a COCO instances file", require)
-        root = path.parent.resolve()
         name = f"{id_prefix}{path.name}"
         categories = _categories(data["categories"], path)
         names = tuple(categories.values())
@@ -61,6 +66,7 @@ class CocoInstancesReader(Reader):
             if image["id"] in images:
                 raise DataError(f"{path}: image id {image['id']!r} appears twice in 'images'.")
             images[image["id"]] = image
+        root = _image_root(path, [im.get("file_name") for im in list(images.values())[:20]])
         boxes: dict[Any, list[RawBox]] = {key: [] for key in images}
         broken: dict[Any, BadRow] = {}
         for position, ann in enumerate(data["annotations"]):
@@ -101,6 +107,20 @@ class CocoInstancesReader(Reader):
         if not rows and not bad:
             raise DataError(f"{path} lists no images. Add its 'images' (id, file_name, width, height).")
         return rows, bad, root
+
+
+def _image_root(path: Path, names: list[Any]) -> Path:
+    """The folder the images' ``file_name``s are relative to (see the module docstring); the json's
+    own folder when none of the places holds any of ``names``."""
+    folder = path.parent.resolve()
+    split = path.stem.rsplit("_", 1)[-1] if "_" in path.stem else None
+    bases = [folder] + ([folder.parent] if folder.name.lower() == "annotations" else [])
+    places = [f"{split}", f"images/{split}", "images"] if split else ["images"]
+    probes = [n for n in names if isinstance(n, str) and n.strip()]
+    for candidate in (p for base in bases for p in (base, *(base / place for place in places))):
+        if candidate.is_dir() and any((candidate / n).is_file() for n in probes):
+            return candidate
+    return folder
 
 
 def _row_id(name: str, image_id: Any) -> str:
