@@ -157,6 +157,12 @@ def tiny_llava(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_llava_next(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random tiny LLaVA-NeXT (AnyRes tiles: an image's token count depends on its size)."""
+    return _tiny_chat(tmp_path_factory, "llava_next")
+
+
+@pytest.fixture(scope="session")
 def tiny_qwen2_vl(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random tiny Qwen2-VL (dynamic resolution; load its processor with models.chat_processor.load_processor)."""
     return _tiny_chat(tmp_path_factory, "qwen2_vl")

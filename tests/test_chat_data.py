@@ -18,10 +18,11 @@ from modaltune.data.validate import load_dataset
 from modaltune.models.chat_processor import load_processor
 from modaltune.tasks.chat_encoding import ChatRowError, encode, prompt_inputs
 
-TEMPLATED = ("llava", "qwen2_vl", "idefics3")
+TEMPLATED = ("llava", "llava_next", "qwen2_vl", "idefics3")
 #: What each tiny template makes the model write for the answers "red" and "It is blue.".
 TARGETS = {
     "llava": " red</s> It is blue.</s>",
+    "llava_next": " red</s> It is blue.</s>",
     "qwen2_vl": "red<|im_end|>It is blue.<|im_end|>",
     "idefics3": " red<end_of_utterance> It is blue.<end_of_utterance>",
 }
@@ -128,13 +129,18 @@ def test_train_on_prompt_labels_all_but_image_and_pad_tokens(arch, processors, i
     assert ((default != -100) <= (labels != -100)).all()
 
 
-def test_qwen2_vl_image_tokens_follow_the_image_size(processors):
-    processor = processors["qwen2_vl"]
-    pad = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+@pytest.mark.parametrize(("arch", "expected"), [
+    ("qwen2_vl", {(32, 32): 16, (48, 32): 24, (64, 64): 64}),  # one token per 8x8 pixels
+    ("llava_next", {(32, 32): 36, (64, 32): 52, (64, 64): 88}),  # base 16 + tiles 4x4 each + a newline per row
+    ("idefics3", {(32, 32): 20, (64, 32): 12, (64, 64): 20}),  # 4 per tile and for the global image
+])
+def test_image_tokens_come_from_the_processor(arch, expected, processors):
+    processor = processors[arch]
+    token = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>" if arch == "qwen2_vl" else "<image>")
     one = Conversation.of(("user", "<image>What?"), ("assistant", "red"))
-    counts = {size: int((encode(processor, one, [Image.new("RGB", size)], max_length=None)["input_ids"] == pad).sum())
-              for size in [(32, 32), (48, 32), (64, 64)]}
-    assert counts == {(32, 32): 16, (48, 32): 24, (64, 64): 64}  # one token per 8x8 pixels
+    counts = {size: int((encode(processor, one, [Image.new("RGB", size)], max_length=None)["input_ids"] == token).sum())
+              for size in expected}
+    assert counts == expected
 
 
 @pytest.mark.parametrize("arch", ["llava", "qwen2_vl", "paligemma"])

@@ -9,6 +9,8 @@ with `save_pretrained` and loads back through ``AutoModelForImageTextToText`` an
 
 - `build_llava`: ``LlavaForConditionalGeneration`` (CLIP vision tower, Llama text model), like
   llava-hf/llava-1.5-7b-hf; ``USER: … ASSISTANT: …</s>`` turns, 16 image tokens per image;
+- `build_llava_next`: ``LlavaNextForConditionalGeneration`` like llava-hf/llava-v1.6-mistral-7b-hf's
+  architecture (AnyRes tiles: image tokens depend on the image's size), LLaVA's turns;
 - `build_qwen2_vl`: ``Qwen2VLForConditionalGeneration`` like Qwen/Qwen2-VL-2B-Instruct; ChatML turns,
   image tokens from the image's size (dynamic resolution: 4 tokens per 8x8 pixels);
 - `build_idefics3`: ``Idefics3ForConditionalGeneration`` like HuggingFaceTB/SmolVLM-Instruct's
@@ -254,6 +256,53 @@ def build_llava(out_dir: Path, *, texts: Iterable[str] = (), seed: int = 0,
     return _save(out_dir, model, processor)
 
 
+# --------------------------------------------------------------------------- LLaVA-NeXT
+
+
+def build_llava_next(out_dir: Path, *, texts: Iterable[str] = (), seed: int = 0,
+                     size: TinyChatSize = TinyChatSize()) -> Path:
+    """A tiny ``LlavaNextForConditionalGeneration`` + ``LlavaNextProcessor`` (LLaVA's tokenizer and template).
+
+    AnyRes as llava-v1.6: an image is resized to the best of the grid pinpoints (32x32 … 64x64),
+    cut into 32 px tiles plus a downscaled base image, so its token count depends on its size and
+    aspect ratio: a 32 px square is 36 ``<image>`` tokens (base 16, one tile 16, a newline token per
+    row of the tiles), a 64x32 (width x height) one 52, a 64 px square 88.
+    """
+    import torch
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaNextConfig,
+        LlavaNextForConditionalGeneration,
+        LlavaNextProcessor,
+    )
+    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+
+    out_dir = Path(out_dir)
+    tokenizer = build_bpe_tokenizer(texts, specials=["<unk>", "<s>", "</s>", "<pad>", "<image>"], bos="<s>",
+                                    eos="</s>", pad="<pad>", unk="<unk>", prepend_bos=True,
+                                    vocab_size=size.vocab_size)
+    text = _llama_text(size, tokenizer)
+    text.pop("model_type")
+    side = size.image_size
+    pinpoints = [[side, side], [side, 2 * side], [2 * side, side], [2 * side, 2 * side]]
+    fields: dict[str, Any] = {
+        "vision_config": CLIPVisionConfig(**_vision(size), projection_dim=size.hidden),
+        "text_config": LlamaConfig(**text), "image_token_id": _id(tokenizer, "<image>"),
+        "image_token_index": _id(tokenizer, "<image>"), "projector_hidden_act": "gelu",
+        "vision_feature_select_strategy": "default", "vision_feature_layer": -2, "image_grid_pinpoints": pinpoints,
+    }
+    config = LlavaNextConfig(**fields)
+    torch.manual_seed(seed)
+    model = LlavaNextForConditionalGeneration(config).eval()
+    image_processor = LlavaNextImageProcessorPil(size={"shortest_edge": side}, image_grid_pinpoints=pinpoints,
+                                                 crop_size={"height": side, "width": side})
+    processor = LlavaNextProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=LLAVA_TEMPLATE,
+                                   patch_size=size.patch_size, vision_feature_select_strategy="default",
+                                   num_additional_image_tokens=1)
+    return _save(out_dir, model, processor)
+
+
 # --------------------------------------------------------------------------- Qwen2-VL
 
 QWEN_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
@@ -400,5 +449,5 @@ def build_paligemma(out_dir: Path, *, texts: Iterable[str] = (), seed: int = 0,
 
 
 #: Every builder by its model type, for tests and the benchmark that run over architectures.
-BUILDERS = {"llava": build_llava, "qwen2_vl": build_qwen2_vl, "idefics3": build_idefics3,
-            "paligemma": build_paligemma}
+BUILDERS = {"llava": build_llava, "llava_next": build_llava_next, "qwen2_vl": build_qwen2_vl,
+            "idefics3": build_idefics3, "paligemma": build_paligemma}
