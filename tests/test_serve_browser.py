@@ -54,7 +54,9 @@ def server(tiny_clip_run: Path, tmp_path_factory: pytest.TempPathFactory):
     """`modaltune serve RUN` in a subprocess: the CLI, uvicorn and the app as a user runs them."""
     port = _free_port()
     log = tmp_path_factory.mktemp("serve-log") / "server.log"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    src = str(Path(__file__).resolve().parents[1] / "src")  # a checkout without `pip install -e .` too
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "PYTHONPATH": os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p)}
     with log.open("w") as out:
         process = subprocess.Popen([sys.executable, "-m", "modaltune.cli", "serve", str(tiny_clip_run), "--port",
                                     str(port), "--batch-wait-ms", "0"], stdout=out, stderr=subprocess.STDOUT, env=env)
