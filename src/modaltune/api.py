@@ -95,7 +95,9 @@ def validate(task: str, data: str | Path, *, skip_bad: bool = True, data_format:
 
 
 def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    from modaltune.trainer.distributed import device as process_device
+
+    return process_device()  # with several processes, each one's own GPU
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, progress: Any = None) -> dict[str, Any]:
@@ -105,18 +107,42 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Any = None) -> di
     → score the baselines → apply the strategy → fit → WiSE-FT → export ``model/`` → score the
     exported model → write the run directory.
     """
+    from modaltune.trainer import distributed
+
     started = time.perf_counter()
+    if (warning := distributed.launch_warning()) is not None:
+        logger.warning(warning)
     cfg = cfg.resolved()  # the strategy's defaults filled in: config.yaml holds what runs
+    if cfg.runtime.push_to_hub:
+        from modaltune.hub import check_can_push
+
+        check_can_push(cfg.runtime.push_to_hub)  # before training, not after it
+    main = distributed.is_main()  # several processes: only the main one writes the run directory
     setup = _prepare(cfg, resume)
     from modaltune.trainer.tracking import tracking
 
     # --report-to: the trackers get the config now, the history as it is written, the results at the end.
     with tracking(cfg.runtime.report_to, setup.run, cfg.model_dump(mode="json"), resume=resume) as tracked:
-        trained = _adapt(setup, resume=resume, progress=progress, callbacks=tracked.callbacks)
+        trained = _adapt(setup, resume=resume, progress=progress if main else None, callbacks=tracked.callbacks)
+        if not main:
+            return {}
         metrics = _final_metrics(setup, trained, started)
         _write_outputs(setup, trained.cfg, metrics)
         tracked.finish(metrics)
+    if cfg.runtime.push_to_hub:
+        _push_to_hub(setup.run, cfg.runtime.push_to_hub)
     return metrics
+
+
+def _push_to_hub(run: RunDir, repo: str) -> None:
+    from modaltune.hub import HubError, push
+
+    try:
+        url = push(run.root, repo)
+    except HubError as exc:
+        raise HubError(f"{exc}. The run itself is complete in {run.root}; push it later with: "
+                       f"modaltune push {run.root} {repo}") from None
+    logger.info("pushed %s to %s", run.model, url)
 
 
 @dataclass
@@ -163,9 +189,13 @@ def _prepare(cfg: TrainConfig, resume: bool) -> _Setup:
     # Rehearsed rows of the same task train the same head (a VQA classifier needs their answers too).
     rehearsed = replay.rows if replay is not None and replay.name == cfg.task else []
     task = _task_for(cfg, splits, extra_rows=rehearsed)
-    run.create()
-    run.config.write_text(cfg.to_yaml())
-    run.write_json(run.data_report, splits.report)
+    from modaltune.trainer import distributed
+
+    distributed.barrier()  # every process has checked the output before the main one writes into it
+    if distributed.is_main():
+        run.create()
+        run.config.write_text(cfg.to_yaml())
+        run.write_json(run.data_report, splits.report)
     return _Setup(cfg, run, splits, task, old_task, replay)
 
 
@@ -197,11 +227,14 @@ def _adapt(setup: _Setup, *, resume: bool, progress: Any, callbacks: Sequence[An
     loaded.model.to(device())
 
     baseline: dict[str, Any] = {"skipped": "scratch never reads the pretrained weights"} if scratch else {}
-    if not scratch and cfg.transfer.zero_shot_baseline and splits.val:
+    from modaltune.trainer.distributed import is_main
+
+    main = is_main()  # the other processes of a multi-process run only train
+    if not scratch and cfg.transfer.zero_shot_baseline and splits.val and main:
         baseline = evaluate_rows(task, loaded, splits.val, batch_size=cfg.runtime.eval_batch_size,
                                  workers=cfg.num_workers)
     old_before = None
-    if setup.old_task is not None and not scratch:
+    if setup.old_task is not None and not scratch and main:
         old_before = score_old_task(setup.old_task, loaded, batch_size=cfg.runtime.eval_batch_size,
                                     workers=cfg.num_workers)
 
@@ -217,6 +250,8 @@ def _adapt(setup: _Setup, *, resume: bool, progress: Any, callbacks: Sequence[An
     if cfg.strategy.name != "zero-shot":
         result = fit(cfg, task, loaded, splits.train, splits.val, setup.run, resume=resume, progress=progress,
                      replay=None if replay_skipped else replay, anchor=anchor, callbacks=callbacks)
+    if not main:
+        return _Trained(cfg, info, result, advice, None, baseline, old_before, replay_skipped)
     wise = None
     if cfg.transfer.wise_ft is not None and anchor is not None:
         wise = _wise_ft(cfg, task, loaded, splits.val, anchor, setup.old_task, old_before)
@@ -280,6 +315,10 @@ def _write_outputs(setup: _Setup, cfg: TrainConfig, metrics: dict[str, Any]) -> 
 
     run, splits = setup.run, setup.splits
     run.write_json(run.metrics, metrics)
+    if (run.model / "config.json").is_file():
+        from modaltune.model_card import write_model_card
+
+        write_model_card(run.model, cfg=cfg, metrics=metrics, data_report=splits.report)
     plots.plot_history(run.read_history(), run.plots)
     if "confusion_matrix" in metrics and splits.labels:
         plots.plot_confusion_matrix(metrics["confusion_matrix"], splits.labels, run.plots / "confusion_matrix.png")
@@ -396,7 +435,8 @@ def _check_output(run: RunDir, cfg: TrainConfig, resume: bool) -> None:
         from modaltune.config import build_config
 
         saved = build_config(run.config).resolved().flat()
-        ignore = {"data.workers", "runtime.eval_batch_size", "runtime.report_to"}  # do not change the result
+        ignore = {"data.workers", "runtime.eval_batch_size", "runtime.report_to",
+                  "runtime.push_to_hub"}  # do not change the result
         current = cfg.resolved().flat()
         changed = [k for k, v in current.items() if k not in ignore and saved.get(k) != v]
         if changed:

@@ -13,6 +13,7 @@ import os
 import random
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,8 @@ class TrainerState:
     bad_steps_in_a_row: int = 0
     skipped_steps: int = 0
     history_lines: int = 0
+    #: How many processes trained (each one's RNG state is in the checkpoint).
+    processes: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -148,7 +151,10 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     state: TrainerState,
+    rngs: Sequence[dict[str, Any]] | None = None,
 ) -> Path:
+    """Write ``step-N`` atomically. ``rngs`` are the RNG states of every process by rank (this
+    process's own when None): rank 0's is ``rng``, rank r's ``rng-r``."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{PREFIX}{state.step:08d}"
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
@@ -156,7 +162,8 @@ def save_checkpoint(
         save_file(trainable_state(model), str(tmp / "model.safetensors"))
         save_tree(optimizer.state_dict(), tmp, "optimizer")
         save_tree(scheduler.state_dict(), tmp, "scheduler")
-        save_tree(rng_state(), tmp, "rng")
+        for rank, rng in enumerate(rngs if rngs is not None else [rng_state()]):
+            save_tree(rng, tmp, _rng_name(rank))
         (tmp / "trainer_state.json").write_text(json.dumps(state.to_dict(), indent=2))
         files = sorted(p for p in tmp.iterdir())
         for path in files:
@@ -205,9 +212,15 @@ def latest_valid(root: Path) -> tuple[Path | None, list[str]]:
     return None, problems
 
 
+def _rng_name(rank: int) -> str:
+    return "rng" if rank == 0 else f"rng-{rank}"
+
+
 def load_checkpoint(
-    directory: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
+    directory: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, rank: int = 0
 ) -> TrainerState:
+    """Put the checkpoint's weights, optimizer, schedule and RNG (process ``rank``'s, or rank 0's when
+    the run had fewer processes) back; returns where training stood."""
     verify(directory)
     weights = load_file(str(directory / "model.safetensors"))
     params = dict(model.named_parameters())
@@ -222,7 +235,8 @@ def load_checkpoint(
             params[name].copy_(tensor)
     optimizer.load_state_dict(load_tree(directory, "optimizer"))
     scheduler.load_state_dict(load_tree(directory, "scheduler"))
-    set_rng_state(load_tree(directory, "rng"))
+    name = _rng_name(rank)
+    set_rng_state(load_tree(directory, name if (directory / f"{name}.json").is_file() else "rng"))
     return TrainerState(**json.loads((directory / "trainer_state.json").read_text()))
 
 

@@ -1,8 +1,14 @@
 """The training recipe, top to bottom: one loop for every task family and strategy.
 
-Accelerate provides the device, autocast for ``--precision bf16`` and backward/clipping. The loop
-owns data order, gradient accumulation, evaluation, checkpoints and resume so that a run killed at
-any point and resumed ends with bit-identical weights.
+Accelerate provides the device, the process group, autocast for ``--precision bf16`` and
+backward/clipping. The loop owns data order, gradient accumulation, evaluation, checkpoints and resume
+so that a run killed at any point and resumed ends with bit-identical weights.
+
+Several processes (``accelerate launch --multi_gpu --num_processes N``) split every micro-batch of
+the same plan and sum their gradients before each optimizer step (`trainer.distributed`); the main
+process alone evaluates (its metrics are broadcast, so every process takes the same early-stopping
+and best-step decisions and the numbers are exactly a single process's) and writes history and
+checkpoints.
 """
 
 from __future__ import annotations
@@ -22,13 +28,14 @@ from torch import nn
 
 from modaltune.config import TrainConfig
 from modaltune.data.rows import Row
-from modaltune.errors import ModaltuneError
+from modaltune.errors import ConfigError, ModaltuneError
 from modaltune.feature_cache import cached_outputs
 from modaltune.forgetting import Anchor, OldTask, replay_split
 from modaltune.inference import evaluate_rows
 from modaltune.run import RunDir
 from modaltune.tasks.base import Loaded, Task
 from modaltune.trainer import checkpoint as ckpt
+from modaltune.trainer import distributed
 from modaltune.trainer.batches import (
     MediaDataset,
     MixedDataset,
@@ -110,6 +117,10 @@ def fit(
     ``callbacks`` run after the default ones (SIGTERM, early stopping, ``progress``)."""
     started = time.perf_counter()
     accelerator = make_accelerator(cfg.optim.precision)
+    procs = distributed.processes()
+    engine_problem = distributed.unsupported_engine(accelerator.distributed_type)
+    if engine_problem:
+        raise ConfigError(engine_problem)
     model = loaded.model.to(accelerator.device)
     model.train()
     _speed_options(cfg, task, loaded)
@@ -128,7 +139,8 @@ def fit(
     weights = None
     if cfg.data.balance == "oversample":
         weights = oversample_weights([row.label for row in train_rows])
-    cached = _feature_cache(cfg, task, loaded, train_rows, val_rows, replay, accelerator.device)
+    with accelerator.main_process_first():  # one process fills the on-disk cache, the others read it
+        cached = _feature_cache(cfg, task, loaded, train_rows, val_rows, replay, accelerator.device)
     target_data = cached.train if cached else MediaDataset(train_rows, augment=cfg.data.augment,
                                                          seed=cfg.runtime.seed,
                                                          media_options=loaded.media_options)
@@ -174,10 +186,17 @@ def fit(
             logger.warning("skipping %s", problem)
         if found is None:
             raise ModaltuneError(f"nothing to resume in {run.root}: no valid checkpoint under {run.checkpoints}")
-        state = ckpt.load_checkpoint(found, model=model, optimizer=optimizer, scheduler=scheduler)
-        run.truncate_history(state.history_lines)
+        state = ckpt.load_checkpoint(found, model=model, optimizer=optimizer, scheduler=scheduler,
+                                     rank=procs.rank)
+        if state.processes != procs.world:
+            logger.warning("resuming a %d-process run on %d processes: the data order and weights go on as "
+                           "planned, dropout draws differ from an uninterrupted run", state.processes, procs.world)
+        if procs.main:
+            run.truncate_history(state.history_lines)
     else:
         torch.manual_seed(cfg.runtime.seed)  # dropout and any other in-loop randomness
+    state.processes = procs.world
+    trainable = [p for p in model.parameters() if p.requires_grad]
 
     eval_every = cfg.schedule.eval_every or per_epoch
     save_every = cfg.schedule.save_every or per_epoch
@@ -186,11 +205,17 @@ def fit(
     event = Event(state, total_steps)
 
     def log(entry: dict[str, Any]) -> None:
-        run.append_history(entry)
+        if procs.main:
+            run.append_history(entry)
         state.history_lines += 1
 
     def checkpoint() -> None:
-        ckpt.save_checkpoint(run.checkpoints, model=model, optimizer=optimizer, scheduler=scheduler, state=state)
+        # Every process's RNG (its dropout draws) goes into the main process's checkpoint.
+        rngs = distributed.gather(ckpt.rng_state()) if procs.several else None
+        if not procs.main:
+            return
+        ckpt.save_checkpoint(run.checkpoints, model=model, optimizer=optimizer, scheduler=scheduler, state=state,
+                             rngs=rngs)
         protect = {state.best_step} if state.best_step is not None else set()
         ckpt.prune(run.checkpoints, keep_last=cfg.runtime.keep_last, protect=protect)
 
@@ -198,17 +223,10 @@ def fit(
         """Evaluate on validation data, track the best, and let the callbacks see the metrics."""
         if not val_rows:
             return
-        if cached is not None:
-            model.eval()
-            with accelerator.autocast():
-                outputs = cached_outputs(cached.split, val_rows, cached.val, device=accelerator.device,
-                                         batch_size=cfg.runtime.eval_batch_size)
-            model.train()
-            metrics = task.evaluate(loaded, outputs, list(val_rows))
-        else:
-            metrics = evaluate_rows(task, loaded, val_rows, batch_size=cfg.runtime.eval_batch_size,
-                                    workers=cfg.num_workers,
-                                    autocast=accelerator.autocast)
+        metrics: dict[str, Any] = {}
+        if procs.main:  # the others wait for its metrics below
+            metrics = validation_metrics()
+        metrics = distributed.broadcast(metrics)
         score = float(metrics[task.primary_metric])
         log({"kind": "eval", "step": state.step, "epoch": state.epoch,
              **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}})
@@ -220,6 +238,17 @@ def fit(
         for hook in hooks:
             hook.on_evaluate(event)
 
+    def validation_metrics() -> dict[str, Any]:
+        if cached is not None:
+            model.eval()
+            with accelerator.autocast():
+                outputs = cached_outputs(cached.split, val_rows, cached.val, device=accelerator.device,
+                                         batch_size=cfg.runtime.eval_batch_size)
+            model.train()
+            return task.evaluate(loaded, outputs, list(val_rows))
+        return evaluate_rows(task, loaded, val_rows, batch_size=cfg.runtime.eval_batch_size,
+                             workers=cfg.num_workers, autocast=accelerator.autocast)
+
     def run_steps() -> None:
         """Optimizer steps until the plan is done, a callback stops it, or the process must exit."""
         while state.step < total_steps and not event.stop:
@@ -227,28 +256,59 @@ def fit(
                                 epoch=state.epoch,
                                 weights=weights, replay=(len(replay.rows), old_batch) if replay else None)
             pending = groups[state.group_in_epoch:]
-            batches = loader(dataset, [b for g in pending for b in g], collate, workers=cfg.num_workers)
-            for group in pending:
+            # This process's share of each micro-batch (all of it when it is the only process).
+            mine = [[distributed.shard(micro, procs) for micro in group] for group in pending]
+            batches = loader(dataset, [keys for g in mine for keys in g if keys], collate, workers=cfg.num_workers)
+            for group, group_keys in zip(pending, mine):
                 # -- one optimizer step over the micro-batches of this group --
                 losses, finite, logged = [], True, []
-                for _ in group:
+                shares: list[tuple[int, float, int, dict[str, float]]] = []  # (micro, loss, rows, parts)
+                # Fetched first: a task whose loss is a mean over a varying number of items (a chat
+                # model's target tokens) weighs each micro-batch by its items over the step's total.
+                fetched = [next(batches) if keys else None for keys in group_keys]
+                # decided by the task's type, so every process takes the same path
+                weighed = getattr(type(task), "loss_weight", Task.loss_weight) is not Task.loss_weight
+                items = [task.loss_weight(b["target"]) if weighed and b is not None else None for b in fetched]
+                step_items = float(sum(w or 0.0 for w in items))
+                if weighed and procs.several:
+                    step_items = float(sum(distributed.gather(step_items)))
+                item_weights: list[float] = []
+                for m, (micro, keys) in enumerate(zip(group, group_keys)):
+                    if not keys:
+                        continue  # every row of this micro-batch went to other processes
+                    fetched_batch = fetched[m]
+                    assert fetched_batch is not None  # fetched for every micro-batch with rows here
                     batch = {part: {k: v.to(accelerator.device) for k, v in tensors.items()}
-                             for part, tensors in next(batches).items()}
+                             for part, tensors in fetched_batch.items()}
                     with accelerator.autocast():
                         loss, parts = micro_batch_loss(batch)
                     if not torch.isfinite(loss):
                         finite = False
                         continue
-                    accelerator.backward(loss / len(group))
+                    if weighed:
+                        accelerator.backward(loss * ((items[m] or 0.0) / max(step_items, 1e-12)))
+                        item_weights.append(items[m] or 0.0)
+                        if procs.several:
+                            shares.append((m, loss.item(), distributed.target_count(keys), parts))
+                    elif procs.several:
+                        # Gradients are summed across processes: weight by this share of the micro-batch.
+                        rows = distributed.target_count(keys)
+                        accelerator.backward(loss * (rows / distributed.target_count(micro)) / len(group))
+                        shares.append((m, loss.item(), rows, parts))
+                    else:
+                        accelerator.backward(loss / len(group))
                     losses.append(loss.item())
                     logged.append(parts)
                     event.loss = losses[-1]
                     for hook in hooks:
                         hook.on_micro_batch_end(event)
+                if procs.several:
+                    finite, losses, logged = _across_processes(finite, shares)
+                    if finite:
+                        distributed.all_reduce_grads(trainable)
                 grad_norm = None
                 if finite and cfg.optim.max_grad_norm is not None:
-                    grad_norm = float(accelerator.clip_grad_norm_(
-                        [p for p in model.parameters() if p.requires_grad], cfg.optim.max_grad_norm))
+                    grad_norm = float(accelerator.clip_grad_norm_(trainable, cfg.optim.max_grad_norm))
                     finite = math.isfinite(grad_norm)
                 if finite:
                     optimizer.step()
@@ -265,12 +325,13 @@ def fit(
                 state.group_in_epoch += 1
                 log({"kind": "step", "step": state.step, "epoch": state.epoch,
                      "elapsed": round(time.perf_counter() - started, 4),  # since this process started fitting
-                     "loss": sum(losses) / len(losses) if losses else None,
+                     "loss": _step_loss(losses, item_weights if weighed and not procs.several else None),
                      "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm, "skipped": not finite,
                      **_mean_parts(logged)})
                 event.loss = losses[-1] if losses else None
                 for hook in hooks:
                     hook.on_step_end(event)
+                asked = _agree(event, procs)
 
                 end_of_epoch = state.group_in_epoch == len(groups)
                 if end_of_epoch:
@@ -280,10 +341,12 @@ def fit(
                 if state.step % eval_every == 0 or end_of_epoch or done:
                     evaluate()
                     checkpoint()
-                elif state.step % save_every == 0 or event.checkpoint:
+                elif state.step % save_every == 0 or (asked[0] if procs.several else event.checkpoint):
                     checkpoint()
-                if event.exit_code is not None:
-                    raise SystemExit(event.exit_code)
+                # One process alone sees a signal that arrives after the agreement: the next step's picks it up.
+                exit_code = asked[1] if procs.several else event.exit_code
+                if exit_code is not None:
+                    raise SystemExit(exit_code)
                 if done or event.stop or end_of_epoch:
                     break
 
@@ -298,6 +361,40 @@ def fit(
             hook.on_fit_end(event)
     return FitResult(state=state, seconds=time.perf_counter() - started, stopped_early=event.stop,
                      restored_best=event.restored_best, feature_cache=cached.info if cached else None)
+
+
+def _across_processes(finite: bool, shares: list[tuple[int, float, int, dict[str, float]]],
+                      ) -> tuple[bool, list[float], list[dict[str, float]]]:
+    """Whether every process's losses were finite, and each micro-batch's loss and parts over all of
+    its rows (each process's mean weighted by its rows): what one process would have logged."""
+    reports = distributed.gather((finite, shares))
+    micro: dict[int, list[tuple[float, int, dict[str, float]]]] = {}
+    for _, shares_of_one in reports:
+        for m, loss, rows, parts in shares_of_one:
+            micro.setdefault(m, []).append((loss, rows, parts))
+    losses, logged = [], []
+    for m in sorted(micro):
+        items = micro[m]
+        rows = sum(n for _, n, _ in items)
+        losses.append(sum(loss * n for loss, n, _ in items) / rows)
+        names = dict.fromkeys(name for _, _, parts in items for name in parts)
+        logged.append({name: sum(p[name] * n for _, n, p in items if name in p)
+                       / sum(n for _, n, p in items if name in p) for name in names})
+    return all(ok for ok, _ in reports), losses, logged
+
+
+def _agree(event: Event, procs: distributed.Processes) -> tuple[bool, int | None]:
+    """Every process takes what any process's callbacks or signals asked for at this step's end
+    (stop, checkpoint now, exit), so that they never part ways; returns the checkpoint and exit asks
+    agreed on (a signal arriving later changes the event, not these)."""
+    if not procs.several:
+        return event.checkpoint, event.exit_code
+    asks = distributed.gather((event.stop, event.checkpoint, event.exit_code))
+    event.stop = any(stop for stop, _, _ in asks)
+    event.checkpoint = any(now for _, now, _ in asks)
+    codes = [code for _, _, code in asks if code is not None]
+    event.exit_code = codes[0] if codes else None
+    return event.checkpoint, event.exit_code
 
 
 @dataclass
@@ -353,6 +450,16 @@ def _speed_options(cfg: TrainConfig, task: Task, loaded: Loaded) -> None:
         for blocks in task.blocks(loaded).values():
             for block in blocks:
                 block.compile(dynamic=False)
+
+
+def _step_loss(losses: list[float], weights: list[float] | None) -> float | None:
+    """The step's loss: the mean of its micro-batches' losses, weighted by their items when the task
+    weighs them (``Task.loss_weight``), so it is the mean over every item of the step."""
+    if not losses:
+        return None
+    if weights is None or not sum(weights):
+        return sum(losses) / len(losses)
+    return sum(loss * w for loss, w in zip(losses, weights)) / sum(weights)
 
 
 def _mean_parts(logged: list[dict[str, float]]) -> dict[str, float]:

@@ -1,0 +1,133 @@
+"""Several processes: data sharding, the launch warning, and a real 2-process run through
+`accelerate launch --multi_gpu --num_processes 2` (two gloo processes on CPUs) that is killed, resumed
+and ends with the weights of a single process trained on the same global batch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from _cli import invoke
+from modaltune.trainer import distributed
+from modaltune.trainer.batches import plan_epoch
+from modaltune.trainer.loop import KILL_ENV
+
+
+def test_shards_split_every_micro_batch_and_rebuild_it() -> None:
+    plan = plan_epoch(18, 4, 2, seed=7, epoch=1, replay=(10, 2))
+    for group in plan:
+        for micro in group:
+            shares = [distributed.shard(micro, distributed.Processes(rank, 2)) for rank in range(2)]
+            assert sorted(map(str, shares[0] + shares[1])) == sorted(map(str, micro))
+            # each process gets its share of the target rows and of the rehearsed ones
+            assert abs(distributed.target_count(shares[0]) - distributed.target_count(shares[1])) <= 1
+            assert all(any(k[0] == "replay" for k in share) for share in shares)
+    single = distributed.Processes()
+    assert distributed.shard(plan[0][0], single) == plan[0][0]
+
+
+def test_launch_warning_names_the_single_process_launchers() -> None:
+    # What `accelerate launch --cpu --num_processes 2` (and `--num_processes 2` without --multi_gpu on a
+    # machine without GPUs) hands its one process: MASTER_ADDR, but no WORLD_SIZE.
+    simple = {"ACCELERATE_MIXED_PRECISION": "no", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+    cpu = distributed.launch_warning({**simple, "ACCELERATE_USE_CPU": "True"})
+    assert cpu is not None and "--cpu" in cpu and "--multi_gpu --num_processes N" in cpu
+    assert "--multi_gpu" in (distributed.launch_warning({**simple, "ACCELERATE_USE_CPU": "False"}) or "")
+    # torchrun's processes (what --multi_gpu starts), a plain single-process launch, and no launcher at all
+    assert distributed.launch_warning({**simple, "WORLD_SIZE": "2", "RANK": "1"}) is None
+    assert distributed.launch_warning({"ACCELERATE_MIXED_PRECISION": "no", "ACCELERATE_USE_CPU": "True"}) is None
+    assert distributed.launch_warning({}) is None
+
+
+def test_sharded_engines_are_refused_by_name() -> None:
+    assert "FSDP" in (distributed.unsupported_engine("FSDP") or "")
+    assert "DEEPSPEED" in (distributed.unsupported_engine("DEEPSPEED") or "")
+    assert distributed.unsupported_engine("MULTI_CPU") is None and distributed.unsupported_engine("NO") is None
+
+
+# ---- a real 2-process run ---------------------------------------------------------------------
+
+#: 18 train rows, micro-batches of 4 (each process takes 2, the last one 1 each), 2 per step: 3 steps
+#: an epoch. SGD: see the tolerance below.
+def _args(model: Path, data: Path, out: Path) -> list[str]:
+    return ["train", "--task", "classify", "--model", str(model), "--data", str(data), "--strategy", "full",
+            "--epochs", "2", "--batch-size", "4", "--grad-accum", "2", "--optim.optimizer", "sgd", "--lr", "0.05",
+            "--save-every", "1", "--seed", "7", "--quiet", "--output", str(out)]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _launch(args: list[str], **env: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch", "--multi_gpu",
+           "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(_free_port()), "-m", "modaltune", *args]
+    return subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1", **env}, capture_output=True, text=True,
+                          timeout=400)
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    tensors = load_file(str(run / "model" / "model.safetensors"))
+    tensors.update({f"head.{k}": v for k, v in load_file(str(run / "model" / "classifier.safetensors")).items()})
+    return tensors
+
+
+@pytest.mark.slow
+def test_two_processes_killed_and_resumed_match_one_process(tiny_clip, shape_folder, tmp_path, capsys) -> None:
+    single = tmp_path / "single"
+    code, _, err = invoke(capsys, *_args(tiny_clip, shape_folder, single))
+    assert code == 0, err
+
+    run = tmp_path / "two"
+    # Each process dies (SIGKILL) at its 6th micro-batch (5 an epoch): inside epoch 2's first step; the
+    # launcher then ends the other one. Checkpoints up to step 3 were written by the main process alone.
+    killed = _launch(_args(tiny_clip, shape_folder, run), **{KILL_ENV: "6"})
+    assert killed.returncode != 0
+    assert not (run / "model").exists() and not (run / "metrics.json").exists()
+    last = sorted(p.name for p in (run / "checkpoints").iterdir())[-1]
+    assert last == "step-00000003"
+    assert (run / "checkpoints" / last / "rng-1.json").is_file(), "the second process's RNG is checkpointed too"
+    assert json.loads((run / "checkpoints" / last / "trainer_state.json").read_text())["processes"] == 2
+
+    resumed = _launch([*_args(tiny_clip, shape_folder, run), "--resume"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.stdout.count("macro_f1") == 1, "only the main process reports"
+
+    # Reduction order is the only difference: each process sums its half of a micro-batch, the two halves
+    # are added, where one process sums the whole; ~1e-7 relative per gradient. SGD carries that through
+    # linearly (AdamW divides by sqrt(v), which turns it into up to lr per step for a coordinate whose
+    # gradient is ~0), so 6 steps stay far inside 1e-5.
+    a, b = _weights(single), _weights(run)
+    assert a.keys() == b.keys()
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    moved = max((a[k] - v).abs().max().item() for k, v in _weights_at_start(tiny_clip, a).items())
+    assert worst < 1e-5 < moved, (worst, moved)
+
+    history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    ref = [json.loads(line) for line in (single / "history.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in history if h["kind"] == "step"] == list(range(1, 7)), "each step logged once"
+    for mine, theirs in zip([h for h in history if h["kind"] == "step"], [h for h in ref if h["kind"] == "step"]):
+        assert mine["loss"] == pytest.approx(theirs["loss"], rel=1e-5)  # the global micro-batch's mean loss
+    # Evaluation runs on the main process over every validation row: the single process's numbers.
+    metrics, ref_metrics = (json.loads((r / "metrics.json").read_text()) for r in (run, single))
+    assert metrics["run"]["val_rows"] == ref_metrics["run"]["val_rows"] == 12
+    assert metrics["accuracy"] == ref_metrics["accuracy"]
+    assert metrics["loss"] == pytest.approx(ref_metrics["loss"], abs=1e-5)
+
+
+def _weights_at_start(model_dir: Path, like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The base model's tensors among ``like``'s names (the head is new, so it is left out)."""
+    base = load_file(str(model_dir / "model.safetensors"))
+    return {k: base[k] for k in like if k in base}
