@@ -17,7 +17,8 @@ from modaltune.data.readers.base import Source
 from modaltune.errors import ConfigError, DataError
 from modaltune.testing import synthetic_audio as sa
 
-FORMAT_NAMES = ("vqa", "coco-instances", "coco-captions", "csv", "odvg", "boxes-jsonl", "jsonl", "folder")
+FORMAT_NAMES = ("vqa", "coco-instances", "coco-captions", "chat-json", "csv", "odvg", "boxes-jsonl", "chat-jsonl",
+                "jsonl", "hf-dataset", "parquet", "folder")
 
 
 def _img(path: Path, color=(200, 10, 10)) -> Path:
@@ -65,8 +66,8 @@ def test_registry_names_order_and_duplicates():
     assert all(get_reader(name).summary for name in FORMAT_NAMES)
     with pytest.raises(ValueError, match="registered already"):
         register_reader(get_reader("csv"))
-    with pytest.raises(DataError, match="Unknown data format 'parquet'; use one of: vqa, coco-instances, "):
-        get_reader("parquet")
+    with pytest.raises(DataError, match="Unknown data format 'xlsx'; use one of: vqa, coco-instances, "):
+        get_reader("xlsx")
 
 
 def test_each_layout_is_sniffed(tmp_path):
@@ -145,7 +146,7 @@ def test_unclaimed_json_says_what_it_found_and_what_is_accepted(tmp_path, data, 
     msg = str(info.value)
     assert __import__("re").search(found, msg), msg
     assert "not a COCO captions file" in msg and "one JSON object per line is JSONL" in msg
-    assert "--data-format name: vqa, coco-instances, coco-captions, csv, odvg, boxes-jsonl, jsonl, folder" in msg
+    assert f"--data-format name: {', '.join(FORMAT_NAMES)}." in msg
     # a folder holding that one .json reads it, and says the same
     with pytest.raises(DataError, match="categories|LLaVA|JSON object|JSON list"):
         read_rows(tmp_path, require=("image", "text"))

@@ -139,6 +139,8 @@ def train(
     cfg = _config(config, ctx.args, flags, ("task", "model", "data"))
     progress = None if quiet else TrainingProgress(f"{cfg.task}/{cfg.strategy.name}", console)
     metrics = run_train(cfg, resume=resume, progress=progress)
+    if not metrics:
+        return  # another process of a multi-process run: the main one reports
     _print_metrics(metrics, cfg.runtime.output)
     _print_transfer(metrics)
 
@@ -337,6 +339,7 @@ def bench_transfer(
 
 
 from modaltune.cli import export as _export  # noqa: E402, F401  (registers `modaltune export`)
+from modaltune.cli import push as _push  # noqa: E402, F401  (registers `modaltune push`)
 from modaltune.cli import serve as _serve  # noqa: E402, F401  (registers `modaltune serve`)
 
 #: Typer 0.2x vendors its own click: the usage errors it raises (a missing or malformed option, a

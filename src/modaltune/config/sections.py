@@ -168,6 +168,8 @@ class RuntimeSection(Section):
     eval_batch_size: int = Field(default=64, ge=1, description="batch size of evaluation and caching")
     report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(default_factory=list, description=(
         "experiment trackers that also get the run, comma-separated: tensorboard,mlflow,wandb (default: none)"))
+    push_to_hub: str | None = Field(default=None, description=(
+        "after training, upload model/ (with its model card) to this hub repository, user-or-org/name"))
 
     @field_validator("report_to", mode="before")
     @classmethod

@@ -39,8 +39,8 @@ from typing import Any
 
 from modaltune.data.fields import Field, as_fields
 from modaltune.data.readers.base import MANIFEST_EXTENSIONS, Reader, ReadResult, Source, dict_items
-from modaltune.data.readers.chat import ChatJsonlReader, ChatJsonReader
 from modaltune.data.readers.boxes_jsonl import BoxesJsonlReader
+from modaltune.data.readers.chat import ChatJsonlReader, ChatJsonReader
 from modaltune.data.readers.coco_captions import CocoCaptionsReader
 from modaltune.data.readers.coco_instances import CocoInstancesReader
 from modaltune.data.readers.folder import (
@@ -50,6 +50,7 @@ from modaltune.data.readers.folder import (
     canonical_split,
     discover_splits,
 )
+from modaltune.data.readers.hf_datasets import HfDatasetReader, ParquetReader
 from modaltune.data.readers.odvg import OdvgReader
 from modaltune.data.readers.tabular import CsvReader, JsonlReader
 from modaltune.data.readers.vqa import VqaReader
@@ -252,6 +253,9 @@ register_reader(FolderReader())
 # conversations/messages list: both sniff before the generic manifests.
 register_reader(ChatJsonReader(), before="csv")
 register_reader(ChatJsonlReader(), before="jsonl")
+# Hugging Face datasets: a save_to_disk folder (claimed as a whole) and .parquet files.
+register_reader(HfDatasetReader(), before="folder")
+register_reader(ParquetReader(), before="folder")
 
 __all__ = [
     "IMAGE_EXTENSIONS",

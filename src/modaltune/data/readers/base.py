@@ -22,7 +22,7 @@ from modaltune.errors import DataError
 ReadResult = tuple[list[Row], list[BadRow], Path]
 
 #: Files a folder may hold instead of media: the data is then that one file.
-MANIFEST_EXTENSIONS = (".csv", ".jsonl", ".json")
+MANIFEST_EXTENSIONS = (".csv", ".jsonl", ".json", ".parquet")
 
 # Operating-system droppings that are never user data; skipped without a report.
 _JUNK_NAMES = {"thumbs.db", "desktop.ini", "__macosx"}
