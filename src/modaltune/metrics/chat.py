@@ -42,7 +42,8 @@ def chat_metrics(outputs: dict[str, torch.Tensor], answers: list[str], reference
     from modaltune.metrics.captions import caption_metrics
     from modaltune.metrics.vqa import vqa_metrics
 
-    metrics: dict[str, Any] = dict(token_metrics(outputs["loss_sum"], outputs["tokens"], outputs["correct"]))
+    metrics: dict[str, Any] = ({"loss": None, "perplexity": None, "token_accuracy": 0.0} if "loss_sum" not in outputs
+                               else dict(token_metrics(outputs["loss_sum"], outputs["tokens"], outputs["correct"])))
     short = [(a, r) for a, r in zip(answers, references) if r is not None and answer_type(r, short_words) == "short"]
     long = [(i, a, r) for i, (a, r) in enumerate(zip(answers, references))
             if r is not None and answer_type(r, short_words) == "long"]
