@@ -98,6 +98,38 @@ def test_mask_without_generation_markers_and_template_override(arch, processors,
     assert "Q:" not in targets and "colour" not in targets and "brief" not in targets
 
 
+#: Templates written like the hub checkpoints' (no generation markers; llava-1.5's ends answers with a
+#: space, no EOS; Qwen2-VL's adds a default system prompt and writes content parts by type).
+LLAVA15_STYLE = (
+    "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}{% endif %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\\n' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] + ' '}}"
+    "{% endfor %}{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}")
+QWEN2_VL_STYLE = (
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}<|im_start|>system\n"
+    "You are a helpful assistant.<|im_end|>\n{% endif %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n{% else %}"
+    "{% for content in message['content'] %}{% if content['type'] == 'image' %}"
+    "<|vision_start|><|image_pad|><|vision_end|>{% elif 'text' in content %}{{ content['text'] }}{% endif %}"
+    "{% endfor %}<|im_end|>\n{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+@pytest.mark.parametrize(("arch", "template", "expected"), [
+    ("llava", LLAVA15_STYLE, " red</s> It is blue.</s>"),  # EOS written after each answer: LLaVA's training format
+    ("qwen2_vl", QWEN2_VL_STYLE, "red<|im_end|>It is blue.<|im_end|>"),
+])
+def test_hub_style_templates_without_markers(arch, template, expected, processors, images):
+    processor = processors[arch]
+    conversation = Conversation(CONV.turns[1:])
+    out = encode(processor, conversation, images, max_length=None, chat_template=template)
+    ids, labels = out["input_ids"][0], out["labels"][0]
+    assert processor.tokenizer.decode(ids[labels != -100]) == expected
+    assert not torch.isin(ids[labels != -100], _image_ids(processor)).any()
+    prompt = prompt_inputs(processor, conversation, images, chat_template=template)["input_ids"][0]
+    generation_prompt = "ASSISTANT:" if arch == "llava" else "<|im_start|>assistant\n"
+    assert processor.tokenizer.decode(prompt).endswith(generation_prompt)
+
+
 def test_paligemma_prefix_suffix_labels_are_the_processors(processors, images):
     processor = processors["paligemma"]
     single = Conversation.of(("user", "<image>\nWhat colour?"), ("assistant", "red"))

@@ -14,7 +14,9 @@ templates lack them): the template is rendered once per assistant turn, up to th
 generation prompt and through it, and the characters the turn adds are its span (trailing
 whitespace dropped, so the end-of-turn token is in and the newline after it is not). A template that
 does not render that way (one that rewrites earlier turns) falls back to finding each answer's text
-in order, plus the end-of-turn token right after it. Spans are moved past the image placeholders the
+in order, plus the end-of-turn token right after it. An answer the template ends with no end-of-turn
+token at all (llava-1.5's hub template) gets the tokenizer's EOS written after it, as LLaVA was
+trained, so the model learns to stop (`with_end_tokens`). Spans are moved past the image placeholders the
 processor expanded before them (its ``text_replacement_offsets``) and mapped to tokens through the
 tokenizer's character offsets; a token inside an expanded placeholder is an image token, never a
 target.
@@ -140,8 +142,7 @@ def assistant_spans(processor: Any, conversation: Conversation, text: str, *,
 
 def _spans_by_search(processor: Any, conversation: Conversation, text: str) -> list[tuple[int, int]]:
     """Each answer found in order in ``text``, with the end-of-turn token that follows it, if any."""
-    ends = [t for t in (getattr(processor.tokenizer, "eos_token", None), "<|im_end|>", "<end_of_utterance>",
-                        "<|eot_id|>", "<end_of_turn>") if t]
+    ends = _end_tokens(processor)
     spans: list[tuple[int, int]] = []
     cursor = 0
     for turn in conversation.turns:
@@ -236,10 +237,37 @@ def _check_images(conversation: Conversation, images: Sequence[Any]) -> None:
                            f"{conversation.image_count} {IMAGE_PLACEHOLDER} placeholder(s) but {len(images)} image(s)")
 
 
+def _end_tokens(processor: Any) -> list[str]:
+    tokenizer = processor.tokenizer
+    ends = [getattr(tokenizer, "eos_token", None), "<|im_end|>", "<end_of_utterance>", "<|eot_id|>", "<end_of_turn>"]
+    return [e for e in ends if e and e in tokenizer.get_vocab()]
+
+
+def with_end_tokens(processor: Any, text: str, spans: list[tuple[int, int]]) -> tuple[str, list[tuple[int, int]]]:
+    """``text`` with the tokenizer's EOS written after each answer whose span ends in no end-of-turn
+    token (llava-1.5's hub template writes none, while LLaVA was trained with ``</s>`` there): without
+    it the model never learns to stop. Templates that end their turns are left as they are."""
+    eos = getattr(processor.tokenizer, "eos_token", None)
+    ends = _end_tokens(processor)
+    if not eos:
+        return text, spans
+    out: list[tuple[int, int]] = []
+    added = 0
+    for start, end in spans:
+        start, end = start + added, end + added
+        if not any(text[start:end].endswith(e) for e in ends):
+            text = text[:end] + eos + text[end:]
+            end += len(eos)
+            added += len(eos)
+        out.append((start, end))
+    return text, out
+
+
 def _encode_template(processor: Any, conversation: Conversation, images: Sequence[Any], train_on_prompt: bool,
                      chat_template: str | None) -> tuple[dict[str, Any], int]:
     text = render(processor, conversation, chat_template=chat_template)
     spans = assistant_spans(processor, conversation, text, chat_template=chat_template)
+    text, spans = with_end_tokens(processor, text, spans)
     out = _call(processor, text, images, return_tensors="pt")
     replacements = (out.get("text_replacement_offsets") or [[]])[0]
     offsets = [tuple(o) for o in out["offset_mapping"][0].tolist()]
