@@ -94,8 +94,9 @@ def get_reader(name: str) -> Reader:
 def accepted_layouts() -> str:
     """One sentence listing the accepted layouts and their ``--data-format`` names, for messages."""
     return ("Accepted: an image folder (root/<label>/*.jpg) or audio folder (root/<label>/*.wav|flac|ogg|mp3), "
-            "a folder with train/ val/ test/ inside, a .csv / .jsonl manifest with columns image (or audio), "
-            "label, text (or question, answer), a COCO captions .json, the official VQA questions + "
+            "a folder with train/ val/ test/ inside, a .csv / .jsonl / .parquet manifest with columns image (or "
+            "audio), label, text (or question, answer), a Hugging Face datasets save_to_disk folder, "
+            "a COCO captions .json, the official VQA questions + "
             "annotations .json pair, or detection boxes: a COCO instances .json, an ODVG .jsonl, or a .jsonl of "
             f"image, boxes, labels (--data-format {' | '.join(_READERS)}).")
 
