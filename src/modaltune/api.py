@@ -225,6 +225,7 @@ def _adapt(setup: _Setup, *, resume: bool, progress: Any, callbacks: Sequence[An
         loaded = task.load(cfg.model.name, scratch=scratch, trust_remote_code=cfg.model.trust_remote_code,
                            options=cfg.model_options())
     loaded.model.to(device())
+    _drop_unusable(setup, task, loaded)
 
     baseline: dict[str, Any] = {"skipped": "scratch never reads the pretrained weights"} if scratch else {}
     from modaltune.trainer.distributed import is_main
@@ -262,6 +263,39 @@ def _adapt(setup: _Setup, *, resume: bool, progress: Any, callbacks: Sequence[An
 
     gc.collect()
     return _Trained(cfg, info, result, advice, wise, baseline, old_before, replay_skipped)
+
+
+def _drop_unusable(setup: _Setup, task: Task, loaded: Loaded) -> None:
+    """Rows the loaded model cannot take (``Task.usable_rows``: a conversation longer than
+    ``--chat.max-length`` once the processor expanded its images) leave every split, with their reason
+    codes in ``data_report.json`` under ``model_checks``."""
+    from collections import Counter
+
+    found: dict[str, Any] = {}
+    for name in ("train", "val"):
+        kept, bad = task.usable_rows(loaded, getattr(setup.splits, name))
+        if bad:
+            setattr(setup.splits, name, kept)
+            found[name] = {"dropped": len(bad), "reasons": dict(Counter(b.reason for b in bad)),
+                           "rows": [b.to_dict() for b in bad[:20]]}
+    for old in (setup.old_task, setup.replay):
+        if old is not None:
+            old.rows, bad = old.task.usable_rows(old.task.attach(loaded), old.rows)
+            if bad:
+                found[f"old:{old.source}"] = {"dropped": len(bad), "reasons": dict(Counter(b.reason for b in bad))}
+    if not found:
+        return
+    for name, entry in found.items():
+        logger.warning("%s: %d row(s) the model cannot take were dropped (%s)", name, entry["dropped"],
+                       ", ".join(f"{k}: {v}" for k, v in entry["reasons"].items()))
+    if not setup.splits.train:
+        raise DataError(f"{setup.cfg.data.train}: no training row is usable with this model "
+                        f"({found.get('train', {}).get('reasons')}); see data_report.json")
+    setup.splits.report["model_checks"] = found
+    from modaltune.trainer import distributed
+
+    if distributed.is_main():
+        setup.run.write_json(setup.run.data_report, setup.splits.report)
 
 
 def _final_metrics(setup: _Setup, trained: _Trained, started: float) -> dict[str, Any]:

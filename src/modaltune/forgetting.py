@@ -129,7 +129,14 @@ def forgetting_report(old: OldTask, before: dict[str, Any] | None, after: dict[s
     if before is not None:
         b, a = float(before[metric]), float(after[metric])
         report.update(before=b, drop=round(b - a, 6), relative_drop=round((b - a) / b, 6) if b else None)
+        # Every other number the old task reports, before and after (a chat model's loss, exact match).
+        report["metrics"] = {name: {"before": value, "after": after[name]} for name, value in before.items()
+                             if name != metric and _number(value) and _number(after.get(name))}
     return report
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 # --------------------------------------------------------------------------- rehearsal

@@ -338,6 +338,7 @@ def bench_transfer(
                     rerun=_split_list(rerun), console=console)
 
 
+from modaltune.cli import chat as _chat  # noqa: E402, F401  (registers `modaltune chat`)
 from modaltune.cli import export as _export  # noqa: E402, F401  (registers `modaltune export`)
 from modaltune.cli import push as _push  # noqa: E402, F401  (registers `modaltune push`)
 from modaltune.cli import serve as _serve  # noqa: E402, F401  (registers `modaltune serve`)
