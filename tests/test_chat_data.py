@@ -343,3 +343,13 @@ def test_sniffing_keeps_coco_and_chat_apart(tmp_path, caption_manifest):
     odd = tmp_path / "odd.json"
     odd.write_text(json.dumps({"conversations": [{"from": "human", "value": "x"}]}), encoding="utf-8")
     assert not get_reader("chat-json").sniff(Source(odd))
+
+
+def test_chat_data_for_another_task_says_to_use_the_chat_task(tmp_path):
+    from modaltune.errors import DataError
+
+    path = tmp_path / "llava.json"
+    path.write_text(json.dumps([{"id": "1", "image": "a.jpg", "conversations": [
+        {"from": "human", "value": "<image>\nWhat is it?"}, {"from": "gpt", "value": "A cat."}]}]), encoding="utf-8")
+    with pytest.raises(DataError, match="holds chat conversations, but this task needs image, text.*--task chat"):
+        read_rows(path, require=("image", "text"))

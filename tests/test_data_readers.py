@@ -133,9 +133,7 @@ def test_vqa_pair_of_different_splits_is_an_error(tmp_path):
       "annotations": [{"id": 1, "image_id": 1, "category_id": 3, "bbox": [0, 0, 4, 4], "area": 16}]},
      r"a COCO instances file \(top-level keys 'info', 'images', 'annotations'; annotations "
      r"with 'bbox'\) without its 'categories' list"),
-    ([{"id": "1", "image": "a.jpg", "conversations": [{"from": "human", "value": "<image>\nWhat is it?"},
-                                                      {"from": "gpt", "value": "A cat."}]}],
-     r"a LLaVA conversations file .*visual chat is not supported yet"),
+    # (a LLaVA conversations file is read by chat-json: tests/test_chat_data.py)
     ({"model": "x", "scores": [1, 2]}, r"a JSON object with top-level keys 'model', 'scores'"),
     ([{"image": "a.png", "label": "cat"}], r"a JSON list of 1 objects with keys 'image', 'label'"),
 ])
