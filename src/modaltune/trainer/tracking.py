@@ -273,8 +273,8 @@ def _reachable(host: str, port: int = 443, timeout: float = 3.0) -> bool:
 
 
 class WandBBackend(Backend):
-    """A W&B run under ``RUN/wandb``: config, metrics by step, the final metrics as its summary, the
-    plots as images and the run's files saved with it."""
+    """A W&B run under ``RUN/wandb``: config, metrics by step, the final metrics, the plots as images
+    and the run's files as an artifact."""
 
     name = "wandb"
 
@@ -299,9 +299,14 @@ class WandBBackend(Backend):
         images = {f"plots/{p.stem}": wandb.Image(str(p)) for p in sorted(run.plots.glob("*.png"))}
         if images:
             wandb_run.log(images, step=step)
+        # An artifact rather than wandb.save: a file named config.yaml would collide with W&B's own.
+        artifact = wandb.Artifact(re.sub(r"[^\w.-]", "_", run.root.resolve().name) + "-run", type="modaltune-run")
         for name in ARTIFACTS:
             if (run.root / name).is_file():
-                wandb_run.save(str(run.root / name), base_path=str(run.root), policy="now")
+                artifact.add_file(str(run.root / name), name=name)
+        if any(run.plots.glob("*")):
+            artifact.add_dir(str(run.plots), name="plots")
+        wandb_run.log_artifact(artifact)
 
     def end(self, status: str) -> None:
         self.tracker.run.finish(exit_code=0 if status == "FINISHED" else 1)
