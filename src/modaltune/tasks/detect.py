@@ -29,8 +29,9 @@ from modaltune.models.detection import DetectionAdapter, Prompt, detection_adapt
 from modaltune.tasks.base import BackboneModel, Loaded, ModelOptions, Task, read_meta, register, unwrap, write_meta
 
 Batch = dict[str, torch.Tensor]
-#: Validation images shown with their boxes in the report.
+#: Validation images shown with their boxes in the report, and the most boxes drawn on each.
 SAMPLES = 6
+SAMPLE_BOXES = 10
 #: predict's default score threshold.
 DEFAULT_THRESHOLD = 0.3
 AUTO_CLASSES = ("AutoModelForZeroShotObjectDetection",)
@@ -174,7 +175,7 @@ class DetectTask(Task):
             if threshold is not None and value < threshold:
                 break
             query, category = divmod(position, classes)
-            box = [round(float(v), 2) for v in outputs["boxes"][row, query].tolist()]
+            box = [float(v) for v in outputs["boxes"][row, query].tolist()]
             found.append({"box": box, "category": category, "score": float(value)})
         return found
 
@@ -201,8 +202,10 @@ class DetectTask(Task):
         return metrics
 
     def _sample(self, row: Row, outputs: Batch, i: int, categories: list[str]) -> dict[str, Any]:
-        found = self._detections(outputs, i, threshold=self.threshold)
-        boxes = [{"box": d["box"], "label": categories[d["category"]], "score": round(d["score"], 4)} for d in found]
+        # Unrounded: a merged LoRA model scores within 1e-6 of the trained one, and a rounding boundary
+        # between the two would make the same sample differ.
+        found = self._detections(outputs, i, threshold=self.threshold, limit=SAMPLE_BOXES)
+        boxes = [{"box": d["box"], "label": categories[d["category"]], "score": d["score"]} for d in found]
         truth = [{"box": [round(float(v), 2) for v in box.xyxy], "label": box.label}
                  for box in (row.get("boxes") or ())]
         text = ", ".join(f"{b['label']} {b['score']:.2f}" for b in boxes) or "nothing"
@@ -215,7 +218,7 @@ class DetectTask(Task):
         results = []
         for i, row in enumerate(rows):
             found = self._detections(outputs, i, threshold=self.threshold)
-            results.append({"input": row.id, "boxes": [d["box"] for d in found],
+            results.append({"input": row.id, "boxes": [[round(v, 2) for v in d["box"]] for d in found],
                             "labels": [categories[d["category"]] for d in found],
                             "scores": [round(d["score"], 6) for d in found]})
         if self.save_images:

@@ -60,11 +60,12 @@ def bert_layout_vocab(words: Iterable[str]) -> list[str]:
 
 
 def build_grounding_dino(out_dir: Path, *, texts: Iterable[str] = (), seed: int = 0, image_size: int = 64,
-                         num_queries: int = 20, max_text_len: int = 32) -> Path:
+                         num_queries: int = 20, max_text_len: int = 32, width: int = 32, layers: int = 1) -> Path:
     """A tiny ``GroundingDinoForObjectDetection`` + ``GroundingDinoProcessor`` in ``out_dir``.
 
     ``max_text_len`` (the real model's is 256) bounds a prompt's tokens: a small one lets tests
-    split long label lists into several prompts."""
+    split long label lists into several prompts. ``width`` (hidden size) and ``layers`` (BERT and
+    fusion encoder layers; the decoder has one more) grow it for benchmarks."""
     from transformers import (
         BertConfig,
         BertTokenizer,
@@ -83,12 +84,14 @@ def build_grounding_dino(out_dir: Path, *, texts: Iterable[str] = (), seed: int 
     if tokenizer.convert_tokens_to_ids(".") != BERT_IDS["."] or tokenizer.cls_token_id != BERT_IDS["[CLS]"]:
         raise RuntimeError("the tiny Grounding DINO tokenizer lost the bert-base-uncased layout")
     config = GroundingDinoConfig(
-        backbone_config=SwinConfig(image_size=image_size, patch_size=4, embed_dim=8, depths=[1, 1, 1, 1],
+        backbone_config=SwinConfig(image_size=image_size, patch_size=4, embed_dim=width // 4, depths=[1, 1, 1, 1],
                                    num_heads=[1, 1, 2, 2], window_size=4,
                                    out_indices=[2, 3, 4]),  # type: ignore[call-arg]  # SwinConfig takes it
-        text_config=BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                               intermediate_size=64, max_position_embeddings=max_text_len + 2),
-        d_model=32, encoder_layers=1, decoder_layers=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
+        text_config=BertConfig(vocab_size=len(vocab), hidden_size=width, num_hidden_layers=layers,
+                               num_attention_heads=2, intermediate_size=2 * width,
+                               max_position_embeddings=max_text_len + 2),
+        d_model=width, encoder_layers=layers, decoder_layers=layers + 1, encoder_ffn_dim=2 * width,
+        decoder_ffn_dim=2 * width,
         encoder_attention_heads=2, decoder_attention_heads=2, num_queries=num_queries, num_feature_levels=4,
         encoder_n_points=2, decoder_n_points=2, max_text_len=max_text_len, dropout=0.0, fusion_droppath=0.0,
         auxiliary_loss=True,
@@ -139,6 +142,19 @@ def build_owl(out_dir: Path, *, kind: str = "owlv2", texts: Iterable[str] = (), 
     image_processor = _image_processor(name, size=size, **extra)
     processor = getattr(transformers, f"{name}Processor")(image_processor=image_processor, tokenizer=tokenizer)
     model_class = getattr(transformers, f"{name}ForObjectDetection")
+
+    def make() -> Any:
+        import torch
+
+        model = model_class(config)
+        # A random box head saturates its sigmoid (every box a corner of the image, no gradient left);
+        # with its last layer at zero each patch starts from the box around itself (OWL's box bias),
+        # as DETR-style detectors initialise their last box layer.
+        with torch.no_grad():
+            model.box_head.dense2.weight.zero_()
+            model.box_head.dense2.bias.zero_()
+        return model
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    return _save_seeded(out_dir, seed, lambda: model_class(config), processor)
+    return _save_seeded(out_dir, seed, make, processor)
