@@ -270,6 +270,12 @@ def _encode_template(processor: Any, conversation: Conversation, images: Sequenc
     text, spans = with_end_tokens(processor, text, spans)
     out = _call(processor, text, images, return_tensors="pt")
     replacements = (out.get("text_replacement_offsets") or [[]])[0]
+    if images and not replacements:
+        # Without them the answer spans cannot be moved past the expanded image tokens: refuse
+        # rather than label the wrong tokens.
+        raise ConfigError(f"{type(processor).__name__} does not report where it expanded the image placeholders "
+                          f"(text_replacement_offsets, transformers >= 5), so the assistant tokens cannot be located; "
+                          f"upgrade transformers or use a processor built on ProcessorMixin's __call__.")
     offsets = [tuple(o) for o in out["offset_mapping"][0].tolist()]
     ids = out["input_ids"]
     image_ids = _image_token_ids(processor)
