@@ -12,7 +12,16 @@ import pytest
 from rich.console import Console
 
 from modaltune.testing.demo import KEEP, STRATEGIES, run_demo
-from modaltune.testing.demo.clip import FULL_MORE_LABELS, QUICK_BASE, QUICK_TARGETS, ensure_base_model, run_strategy
+from modaltune.testing.demo.clip import (
+    FULL_MORE_LABELS,
+    QUICK_BASE,
+    QUICK_TARGETS,
+    ensure_base_model,
+    pretrain_base,
+    run_strategy,
+)
+from modaltune.testing.demo.workers import THREADS, DemoError, Workers, threads
+from modaltune.trainer.callbacks import KILL_ENV
 
 KEYS = {"strategy", "trainable_params", "accuracy", "seconds"}
 
@@ -32,7 +41,14 @@ def test_quick_demo_writes_every_output_and_reuses_the_cached_base(tmp_path: Pat
     console, text = _console()
     results = run_demo(output, quick=True, console=console)
 
-    assert "pretrained base model cached" in text.getvalue()
+    said = " ".join(text.getvalue().split())  # the console wraps long lines
+    # Pretrained in a worker process beside the sections, its progress in its own log, summarised here.
+    assert "pretrained in" in said and "log " in said
+    log = (output / "logs" / "pretraining.log").read_text()
+    assert "pretraining: step" in log and "pretrained base model cached in" in " ".join(log.split())
+    for name in ("demo_vl_results.log", "demo_audio_results.log", "few-labels-full.log",
+                 "more-labels-advisor-last-n.log"):
+        assert (output / "logs" / name).is_file(), name
     few, more = QUICK_TARGETS
     assert few.train_per_class < more.train_per_class
     for name in ("demo_results.json", "report.html", "plots/comparison_few-labels.png",
@@ -130,12 +146,37 @@ def test_quick_demo_writes_every_output_and_reuses_the_cached_base(tmp_path: Pat
     assert not (tmp_path / "source-again").exists()  # no source corpus drawn
     assert [p for p in (cache / "demo-base").iterdir()] == entries
     assert (entries[0] / "demo_base.json").stat().st_mtime_ns == stamp
-    # Same cached base, seed and data: the same numbers (a trained strategy, run again beside the first).
+    # Same cached base, seed and data: the same numbers (a trained strategy, run again beside the first,
+    # here in this process at the demo workers' thread count).
     first = next(r for r in results if r["regime"] == "few labels" and r["strategy"] == "last-n")
-    again = run_strategy("last-n", base, output / "data" / "target" / few.slug, few, tmp_path / "again",
-                         old=output / "data" / "old", console=console, layers=first["layers"])
+    with threads(THREADS):
+        again = run_strategy("last-n", base, output / "data" / "target" / few.slug, few, tmp_path / "again",
+                             old=output / "data" / "old", console=console, layers=first["layers"])
     assert (again["accuracy"], again["macro_f1"], again["old_task_accuracy"]) == \
         (first["accuracy"], first["macro_f1"], first["old_task_accuracy"])
+
+
+@pytest.mark.slow
+def test_a_failed_or_killed_background_pretraining_names_its_log_and_caches_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODALTUNE_CACHE", str(tmp_path / "cache"))  # the spawned workers inherit it
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the source corpus folder should go")
+    log = tmp_path / "logs" / "pretraining.log"
+    with pytest.raises(DemoError) as failed:
+        with Workers(1, threads=None) as workers:
+            workers.submit("pretraining the base model", log, pretrain_base, QUICK_BASE, blocked).result()
+    message = str(failed.value)
+    assert "pretraining the base model failed in a worker process" in message and str(log) in message
+    assert "Traceback" in log.read_text()  # the whole traceback is in the log, its tail in the message
+
+    # Killed outright mid-training (as the kernel kills for memory): an error too, not a wait for ever,
+    # and no base model a later demo would take for finished.
+    monkeypatch.setenv(KILL_ENV, "2")
+    with pytest.raises(DemoError, match="failed in a worker process"):
+        with Workers(1, threads=None) as workers:
+            workers.submit("pretraining the base model", log, pretrain_base, QUICK_BASE, tmp_path / "source").result()
+    assert [p for p in (tmp_path / "cache" / "demo-base").iterdir() if not p.name.startswith(".")] == []
 
 
 def test_demo_refuses_an_output_folder_it_did_not_write(tmp_path: Path) -> None:

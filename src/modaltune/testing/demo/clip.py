@@ -30,7 +30,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -48,9 +48,8 @@ CACHE_FORMAT = 1
 STRATEGIES = ("zero-shot", "linear-probe", "last-n", "full", "lora", "scratch")
 #: Written into the output folder, so a later demo knows it may replace what an earlier one wrote.
 MARKER = ".modaltune-demo"
-#: What the demo writes into the output folder (and so replaces on a rerun).
-OUTPUTS = ("data", "runs", "plots", "demo_results.json", "demo_vl_results.json", "demo_audio_results.json",
-           "report.html")
+#: What the demo writes into the output folder (and so replaces on a rerun), besides each section's results file.
+OUTPUTS = ("data", "runs", "plots", "logs", "demo_results.json", "report.html")
 
 
 # --------------------------------------------------------------------------- what the demo runs
@@ -179,67 +178,219 @@ class BaseModel:
 # --------------------------------------------------------------------------- the demo
 
 
-def run_demo(output: Path, *, quick: bool = False, console: Console | None = None) -> list[dict[str, Any]]:
+def run_demo(output: Path, *, quick: bool = False, console: Console | None = None, seed: int = 0,
+             processes: int = 2) -> list[dict[str, Any]]:
     """Run the whole demo into ``output``; return one result dict per regime and strategy (as in
-    demo_results.json), the few-label regime first."""
-    console = console or Console(stderr=True)
-    base_spec, target_specs = (QUICK_BASE, QUICK_TARGETS) if quick else (FULL_BASE, FULL_TARGETS)
-    output = Path(output)
-    started = time.perf_counter()
-    _prepare_output(output)
-    timings: dict[str, float] = {}
+    demo_results.json), the few-label regime first. ``seed`` draws the target's images and seeds its
+    runs (the demo ships 0; others check its numbers); ``processes``: the workers beside the pretraining."""
+    from modaltune.testing.demo.sections import SECTIONS
+    from modaltune.testing.demo.workers import Workers
 
-    with _quiet_transformers():
-        console.rule("[bold]1–2 · source corpus and pretrained base model")
-        base = ensure_base_model(base_spec, output / "data" / "source", console=console, timings=timings)
+    console = console or Console(stderr=True)
+    base_spec, shipped = (QUICK_BASE, QUICK_TARGETS) if quick else (FULL_BASE, FULL_TARGETS)
+    target_specs = tuple(replace(t, seed=seed) for t in shipped)
+    output = Path(output)
+    started, cpu_started = time.perf_counter(), _cpu_seconds()
+    _prepare_output(output, [s.results_file for s in SECTIONS])
+    timings: dict[str, float] = {}
+    logs = output / "logs"
+
+    with _quiet_transformers(), _terminated_as_exit(), Workers(1, threads=None) as pretrainer, \
+            Workers(processes) as workers:
+        console.rule("[bold]1 · the pretrained base model")
+        base = cached_base(base_spec, console=console)
+        pretraining = None
+        if base is None:
+            pretraining = pretrainer.submit("pretraining the base model", logs / "pretraining.log", pretrain_base,
+                                            base_spec, output / "data" / "source")
+            console.print(f"pretraining a CLIP on {base_spec.captions} synthetic captioned images "
+                          f"({base_spec.epochs} epochs) in a worker process, its progress in {pretraining.log}; "
+                          "the sections that need no base model run beside it")
+        sections = [(section, workers.submit(section.title, logs / f"{Path(section.results_file).stem}.log",
+                                             section.run, output, quick=quick)) for section in SECTIONS]
+        old = write_old_task(target_specs[0], base_spec, output / "data" / "old")
+        targets = {spec.regime: write_target_data(spec, base_spec, output / "data" / "target" / spec.slug)
+                   for spec in target_specs}
+        regimes = None if base is None else submit_regimes(workers, base, targets, target_specs, old, output)
+
+        section_results = []
+        for number, (section, job) in enumerate(sections, start=2):
+            console.rule(f"[bold]{number} · {section.title}")
+            results = job.result()
+            section_results.append((section, results))
+            console.print(section.table(results))
+            console.print(f"{job.seconds:.0f}s in a worker ({job.cpu_seconds:.0f} CPU-seconds) · log {job.log}")
+            timings[section.title] = job.seconds
+        number = len(SECTIONS) + 2
+
+        if pretraining is not None:
+            console.rule(f"[bold]{number} · the pretrained base model, continued")
+            number += 1
+            tick = time.perf_counter()
+            with console.status("waiting for the pretraining …") as status:
+                while not pretraining.ready():
+                    status.update(f"waiting for the pretraining: {_last_line(pretraining.log)}")
+                    time.sleep(1.0)
+            made = pretraining.result()
+            base = BaseModel(Path(made["run_dir"]), cached=False, info=made["info"])
+            timings.update(made["timings"])
+            timings["waiting for the base model"] = time.perf_counter() - tick
+            console.print(f"pretrained in {pretraining.seconds:.0f}s ({pretraining.cpu_seconds:.0f} CPU-seconds, "
+                          f"{made['threads']} threads): {base.info['steps']} steps, held-out retrieval "
+                          f"R@1 {base.info['retrieval'].get('i2t_r@1', float('nan')):.3f} (image→text); "
+                          f"cached in {base.run_dir} · log {pretraining.log}")
+            regimes = submit_regimes(workers, base, targets, target_specs, old, output)
+        assert base is not None and regimes is not None  # one branch or the other set them
 
         first = target_specs[0]
-        old = write_old_task(first, base_spec, output / "data" / "old")
+        console.rule(f"[bold]{number} · target task, {' and '.join(t.regime for t in target_specs)}: the advisor, "
+                     f"then every strategy, {processes} at a time")
         console.print(f"old task (what pretraining taught): name the colour, style {base_spec.styles[0]!r}, "
                       f"{first.old_test_per_class} test images per class in {old}")
-
-        results: list[dict[str, Any]] = []
-        advices: dict[str, Any] = {}
-        for number, spec in enumerate(target_specs, start=3):
-            console.rule(f"[bold]{number} · target task, {spec.regime}: the advisor, then every strategy")
-            tick = time.perf_counter()
-            target = write_target_data(spec, base_spec, output / "data" / "target" / spec.slug)
-            console.print(f"{len(spec.classes)} shapes drawn in style [bold]{spec.style}[/]: "
-                          f"{spec.train_per_class} train, {spec.val_per_class} val and "
-                          f"{spec.test_per_class} test images per class under {target}")
-            advice = advices[spec.regime] = advise_target(base, target, spec, console=console)
-            rows = [run_strategy(s, base, target, spec, output / "runs" / spec.slug, old=old, console=console,
-                                 layers=_last_n_layers(spec, advice)) for s in spec.strategies]
-            if spec.keep:
-                rows.append(run_strategy("full", base, target, spec, output / "runs" / spec.slug, old=old,
-                                         console=console, keep=True))
-            results.extend(score_regime(rows, spec, advice))
-            timings[f"{spec.regime}: target data and strategies"] = time.perf_counter() - tick
-
-        console.rule(f"[bold]{len(target_specs) + 3} · visual question answering and captioning")
+        for spec in target_specs:
+            console.print(f"{spec.regime}: {len(spec.classes)} shapes drawn in style [bold]{spec.style}[/]: "
+                          f"{spec.train_per_class} train, {spec.val_per_class} val and {spec.test_per_class} test "
+                          f"images per class under {targets[spec.regime]}")
         tick = time.perf_counter()
-        from modaltune.testing.demo.vl import run_vl_section
-
-        vision_language = run_vl_section(output, quick=quick, console=console)
-        timings["vqa and captioning"] = time.perf_counter() - tick
-
-        console.rule(f"[bold]{len(target_specs) + 4} · sound classification (CLAP)")
-        tick = time.perf_counter()
-        from modaltune.testing.demo.audio import run_audio_section
-
-        audio = run_audio_section(output, quick=quick, console=console)
-        timings["sound classification"] = time.perf_counter() - tick
+        results, advices = collect_regimes(regimes, target_specs, console=console)
+        timings["CLIP regimes (after the base)"] = time.perf_counter() - tick
 
     timings["total"] = time.perf_counter() - started
+    timings["CPU-seconds, all processes"] = _cpu_seconds() - cpu_started
     for spec in target_specs:
         rows = [r for r in results if r["regime"] == spec.regime]
         console.print(results_table(rows, spec))
         console.print(verdict(rows, spec, advices[spec.regime]))
-    write_outputs(output, results, base, base_spec, target_specs, timings, advices=advices,
-                  vision_language=vision_language, audio=audio)
-    console.print(f"total {timings['total']:.0f}s · results in {output / 'demo_results.json'} · "
-                  f"report {output / 'report.html'}")
+    write_outputs(output, results, base, base_spec, target_specs, timings, advices=advices, sections=section_results)
+    console.print(f"total {timings['total']:.0f}s ({timings['CPU-seconds, all processes']:.0f} CPU-seconds) · "
+                  f"results in {output / 'demo_results.json'} · report {output / 'report.html'}")
     return results
+
+
+@contextmanager
+def _terminated_as_exit() -> Iterator[None]:
+    """SIGTERM ends the demo through SystemExit, so its workers are stopped too rather than left running."""
+    import signal
+    import sys
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and of its finished child processes (the workers, once joined)."""
+    import resource
+
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
+def _last_line(log: Path) -> str:
+    try:
+        lines = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+    except OSError:
+        return "starting"
+    return lines[-1][:100] if lines else "starting"
+
+
+@dataclass
+class RegimeJobs:
+    """The runs of every regime, submitted to the workers: per regime, the job that asks the advisor (and
+    trains last-n at the depth it advises), then one job per other strategy."""
+
+    advised: dict[str, Any]  # regime -> Job returning (advice, last-n row or None)
+    runs: dict[tuple[str, str], Any]  # (regime, row name) -> Job returning a row
+
+
+def submit_regimes(workers: Any, base: BaseModel, targets: dict[str, Path], specs: tuple[TargetSpec, ...],
+                   old: Path, output: Path) -> RegimeJobs:
+    """Every run of every regime, longest first (the workers start jobs in order: the longest last would
+    leave one worker idle at the end)."""
+    logs = output / "logs"
+    jobs: list[tuple[float, str, tuple[str, str] | None, tuple[Any, ...], dict[str, Any]]] = []
+    for spec in specs:
+        runs, data = output / "runs" / spec.slug, targets[spec.regime]
+        steps = spec.epochs * math.ceil(len(spec.classes) * spec.train_per_class / spec.batch_size)
+        shared = {"old": old}
+        jobs.append((steps * _COST["last-n"] + 1, spec.regime, None, (advise_and_train, base, data, spec, runs),
+                     shared))
+        for strategy in spec.strategies:
+            if strategy != "last-n":
+                jobs.append((steps * _COST[strategy], spec.regime, (spec.regime, strategy),
+                             (run_strategy, strategy, base, data, spec, runs), {**shared, "progress": False}))
+        if spec.keep:
+            jobs.append((steps * _COST[KEEP], spec.regime, (spec.regime, KEEP),
+                         (run_strategy, "full", base, data, spec, runs), {**shared, "keep": True, "progress": False}))
+    jobs.sort(key=lambda job: -job[0])
+    regimes = RegimeJobs(advised={}, runs={})
+    for _, regime, key, (function, *args), kwargs in jobs:
+        if key is None:
+            name = f"the advisor and last-n, {regime}"
+            regimes.advised[regime] = workers.submit(name, logs / f"{_slug(regime)}-advisor-last-n.log",
+                                                     function, *args, **kwargs)
+        else:
+            regimes.runs[key] = workers.submit(f"{key[1]}, {regime}", logs / f"{_slug(regime)}-{key[1]}.log",
+                                               function, *args, **kwargs)
+    return regimes
+
+
+#: Relative cost of one optimizer step, for ordering the jobs (measured: full ~ scratch ~ lora, last-n
+#: of most blocks a little less, the linear probe on cached features far less; the rehearsing row steps
+#: on twice the rows). The fixed cost of a run (loading, evaluations, export) is in the +1 of each.
+_COST = {"zero-shot": 0.0, "linear-probe": 0.15, "last-n": 0.7, "full": 1.0, "lora": 1.0, "scratch": 1.0,
+         "towers": 1.0, KEEP: 1.8}
+
+
+def _slug(regime: str) -> str:
+    return regime.replace(" ", "-")
+
+
+def collect_regimes(regimes: RegimeJobs, specs: tuple[TargetSpec, ...], *,
+                    console: Console) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Wait for every run, printing each result as it comes; the rows scored, in the regimes' order."""
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    advices: dict[str, Any] = {}
+    pending = {**{(regime, "advisor"): job for regime, job in regimes.advised.items()}, **regimes.runs}
+    while pending:
+        done = [key for key, job in pending.items() if job.ready()]
+        if not done:
+            time.sleep(0.5)
+            continue
+        for key in done:
+            job = pending.pop(key)
+            if key[1] == "advisor":
+                advice, row = job.result()
+                advices[key[0]] = advice
+                console.print(f"{key[0]:>12} · {advice_line(advice)}")
+                if row is not None:
+                    rows[(key[0], "last-n")] = row
+                    console.print(f"{key[0]:>12} · {result_line(row)} [dim](with the advisor, {job.seconds:.0f}s)")
+            else:
+                rows[key] = job.result()
+                console.print(f"{key[0]:>12} · {result_line(rows[key])}")
+    results: list[dict[str, Any]] = []
+    for spec in specs:
+        names = [*spec.strategies, *([KEEP] if spec.keep else [])]
+        results.extend(score_regime([rows[(spec.regime, name)] for name in names], spec, advices[spec.regime]))
+    return results, advices
+
+
+def advise_and_train(base: BaseModel, data: Path, spec: TargetSpec, runs: Path, *, old: Path,
+                     console: Console) -> tuple[Any, dict[str, Any] | None]:
+    """The advisor's recommendation for the regime and, when the regime trains last-n, the last-n row at
+    the depth it advises (one job: that row cannot start before the advice)."""
+    advice = advise_target(base, data, spec, console=console)
+    if "last-n" not in spec.strategies:
+        return advice, None
+    return advice, run_strategy("last-n", base, data, spec, runs, old=old, console=console,
+                                layers=_last_n_layers(spec, advice), progress=False)
 
 
 def _last_n_layers(spec: TargetSpec, advice: Any) -> int:
@@ -247,17 +398,18 @@ def _last_n_layers(spec: TargetSpec, advice: Any) -> int:
     return advice.layers if advice.strategy == "last-n" and advice.layers else spec.layers
 
 
-def _prepare_output(output: Path) -> None:
+def _prepare_output(output: Path, section_files: list[str]) -> None:
     """Refuse to overwrite anything the demo did not write itself; clear what an earlier demo wrote."""
+    outputs = (*OUTPUTS, *section_files)
     if (output / MARKER).is_file():
-        for name in OUTPUTS:
+        for name in outputs:
             path = output / name
             if path.is_dir():
                 shutil.rmtree(path)
             elif path.exists():
                 path.unlink()
     else:
-        clashes = [name for name in OUTPUTS if (output / name).exists()]
+        clashes = [name for name in outputs if (output / name).exists()]
         if clashes:
             raise ConfigError(f"{output} already holds {', '.join(clashes)}, not written by the demo; "
                               "choose another --output")
@@ -349,19 +501,75 @@ def code_fingerprint(source: str) -> str:
     return hashlib.sha256(ast.dump(tree).encode()).hexdigest()
 
 
+def base_dir(spec: BaseSpec) -> Path:
+    """Where the base model for ``spec`` is cached."""
+    return user_cache_dir() / "demo-base" / base_key(spec)
+
+
+def cached_base(spec: BaseSpec, *, console: Console) -> BaseModel | None:
+    """The cached base model for ``spec`` (saying so), or None when there is none yet."""
+    final = base_dir(spec)
+    if not (final / "demo_base.json").is_file():
+        return None
+    info = json.loads((final / "demo_base.json").read_text())
+    console.print(f"reusing the cached base model {final} (pretrained in "
+                  f"{info['pretrain_seconds']:.0f}s on {info['source_rows']} captions): "
+                  "skipping source corpus and pretraining")
+    return BaseModel(final, cached=True, info=info)
+
+
 def ensure_base_model(spec: BaseSpec, source_dir: Path, *, console: Console,
                       timings: dict[str, float]) -> BaseModel:
     """The cached base model for ``spec``, pretraining it first (into the cache) when there is none."""
-    key = base_key(spec)
-    final = user_cache_dir() / "demo-base" / key
-    if (final / "demo_base.json").is_file():
-        info = json.loads((final / "demo_base.json").read_text())
-        console.print(f"reusing the cached base model {final} (pretrained in "
-                      f"{info['pretrain_seconds']:.0f}s on {info['source_rows']} captions): "
-                      "skipping source corpus and pretraining")
+    base = cached_base(spec, console=console)
+    if base is not None:
         timings["source data"] = timings["pretraining"] = 0.0
-        return BaseModel(final, cached=True, info=info)
+        return base
+    return build_base(spec, source_dir, console=console, timings=timings)
 
+
+def pretrain_base(spec: BaseSpec, source_dir: Path, *, console: Console) -> dict[str, Any]:
+    """In a worker process: `build_base`, its progress as lines in ``console``; what the demo needs of it."""
+    import signal
+    import sys
+
+    import torch
+
+    # Terminated (the demo failed elsewhere, or was interrupted) before the training loop takes SIGTERM
+    # over: end through SystemExit all the same, so build_base removes its half-built directory.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    timings: dict[str, float] = {}
+    base = build_base(spec, source_dir, console=console, timings=timings, progress=LineProgress(console))
+    return {"run_dir": str(base.run_dir), "info": base.info, "timings": timings, "threads": torch.get_num_threads()}
+
+
+class LineProgress:
+    """The training loop's progress as a line every tenth of the run (for a log file, where a live bar is
+    not drawn)."""
+
+    def __init__(self, console: Console, description: str = "pretraining") -> None:
+        self.console, self.description = console, description
+        self._total, self._next, self._started = 0, 0, 0.0
+
+    def start(self, total: int, completed: int) -> None:
+        self._total, self._next, self._started = total, completed, time.perf_counter()
+        self.console.print(f"{self.description}: {total} steps")
+
+    def advance(self, step: int, loss: float) -> None:
+        if step >= self._next or step == self._total:
+            self.console.print(f"{self.description}: step {step}/{self._total} · loss {loss:.4f} · "
+                               f"{time.perf_counter() - self._started:.0f}s")
+            self._next = step + max(1, self._total // 10)
+
+    def stop(self) -> None:
+        self.console.print(f"{self.description}: done in {time.perf_counter() - self._started:.0f}s")
+
+
+def build_base(spec: BaseSpec, source_dir: Path, *, console: Console, timings: dict[str, float],
+               progress: Any = None) -> BaseModel:
+    """Write the source corpus and pretrain the base model for ``spec`` into the cache."""
+    key = base_key(spec)
+    final = base_dir(spec)
     tick = time.perf_counter()
     manifest = write_source_corpus(spec, source_dir)
     timings["source data"] = time.perf_counter() - tick
@@ -373,7 +581,7 @@ def ensure_base_model(spec: BaseSpec, source_dir: Path, *, console: Console,
     scratch = final.parent / f".{key}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         tick = time.perf_counter()
-        info = pretrain(spec, manifest, scratch, console=console)
+        info = pretrain(spec, manifest, scratch, console=console, progress=progress)
         timings["pretraining"] = info["pretrain_seconds"] = time.perf_counter() - tick
         (scratch / "demo_base.json").write_text(json.dumps(info, indent=2) + "\n")
         try:
@@ -397,7 +605,8 @@ def write_source_corpus(spec: BaseSpec, source_dir: Path) -> Path:
                                 styles=spec.styles)
 
 
-def pretrain(spec: BaseSpec, manifest: Path, run_dir: Path, *, console: Console) -> dict[str, Any]:
+def pretrain(spec: BaseSpec, manifest: Path, run_dir: Path, *, console: Console,
+             progress: Any = None) -> dict[str, Any]:
     """Build a random CLIP and train it contrastively on ``manifest``; ``run_dir/model`` is the result."""
     from modaltune.api import train
     from modaltune.config import build_config
@@ -418,7 +627,7 @@ def pretrain(spec: BaseSpec, manifest: Path, run_dir: Path, *, console: Console)
         warmup_ratio=0.05, weight_decay=0.1, keep_last=1,
         zero_shot_baseline=False,  # the baseline of a random model is known: chance
     )
-    metrics = train(cfg, progress=TrainingProgress("pretraining (retrieve)", console))
+    metrics = train(cfg, progress=progress or TrainingProgress("pretraining (retrieve)", console))
     # Only model/ and the record of how it was made are worth keeping in the cache.
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     shutil.rmtree(init)
@@ -457,18 +666,23 @@ def advise_target(base: BaseModel, data: Path, spec: TargetSpec, *, console: Con
 
     advice = advise("classify", str(base.model), str(data), batch_size=spec.batch_size,
                     seed=spec.seed, prompt_template=spec.prompt_template)
-    shift = advice.inputs["shift"]
-    console.print(f"advisor: [bold]{advice.strategy}[/]" + (f" (last {advice.layers})" if advice.layers else "")
-                  + f" · measured shift {shift['shift']:.2f} (zero-shot {shift['zero_shot']:.3f}, "
-                  f"chance {shift['chance']:.3f})")
+    console.print(advice_line(advice))
     return advice
 
 
+def advice_line(advice: Any) -> str:
+    shift = advice.inputs["shift"]
+    return (f"advisor: [bold]{advice.strategy}[/]" + (f" (last {advice.layers})" if advice.layers else "")
+            + f" · measured shift {shift['shift']:.2f} (zero-shot {shift['zero_shot']:.3f}, "
+            f"chance {shift['chance']:.3f})")
+
+
 def run_strategy(strategy: str, base: BaseModel, data: Path, spec: TargetSpec, runs: Path, *,
-                 old: Path, console: Console, keep: bool = False, layers: int | None = None) -> dict[str, Any]:
+                 old: Path, console: Console, keep: bool = False, layers: int | None = None,
+                 progress: bool = True) -> dict[str, Any]:
     """Train (or not, for zero-shot) one strategy into ``runs/<name>`` and score it on test/;
     ``keep`` adds rehearsal of the old task and WiSE-FT (the KEEP row); ``layers``: last-n's depth
-    (default: the regime's)."""
+    (default: the regime's); ``progress``: draw a progress bar."""
     from modaltune.api import evaluate, train
     from modaltune.config import build_config
     from modaltune.progress import TrainingProgress
@@ -483,15 +697,13 @@ def run_strategy(strategy: str, base: BaseModel, data: Path, spec: TargetSpec, r
         augment=spec.augment, old_task=str(old), **extra,
     )
     tick = time.perf_counter()
-    progress = None if strategy == "zero-shot" else TrainingProgress(name, console)
-    metrics = train(cfg, progress=progress)
+    bar = TrainingProgress(name, console) if progress and strategy != "zero-shot" else None
+    metrics = train(cfg, progress=bar)
     seconds = time.perf_counter() - tick
     # train() picked its best epoch on val/, so val accuracy flatters; test/ was never looked at.
     test = evaluate(runs / name, data)
     forgetting = metrics["forgetting"]
-    console.print(f"{name:>19}: test accuracy {test['accuracy']:.3f} "
-                  f"(val {metrics['accuracy']:.3f}) · old task {forgetting['after']:.3f} in {seconds:.1f}s")
-    return {
+    row = {
         "strategy": name,
         "regime": spec.regime,
         "layers": cfg.strategy.layers,
@@ -512,6 +724,13 @@ def run_strategy(strategy: str, base: BaseModel, data: Path, spec: TargetSpec, r
         "wise_ft_alpha": metrics.get("wise_ft", {}).get("alpha"),
         "run_dir": str(runs / name),
     }
+    console.print(result_line(row))
+    return row
+
+
+def result_line(row: dict[str, Any]) -> str:
+    return (f"{display_name(row):>19}: test accuracy {row['accuracy']:.3f} (val {row['val_accuracy']:.3f}) · "
+            f"old task {row['old_task_accuracy']:.3f} in {row['seconds']:.1f}s")
 
 
 # --------------------------------------------------------------------------- how far to trust a number
@@ -603,22 +822,17 @@ def results_table(results: list[dict[str, Any]], spec: TargetSpec) -> Table:
 
 def write_outputs(output: Path, results: list[dict[str, Any]], base: BaseModel, base_spec: BaseSpec,
                   target_specs: tuple[TargetSpec, ...], timings: dict[str, float], *, advices: dict[str, Any],
-                  vision_language: list[dict[str, Any]] | None = None,
-                  audio: list[dict[str, Any]] | None = None) -> None:
-    """``demo_results.json``, ``plots/`` and ``report.html`` in ``output``."""
+                  sections: Sequence[tuple[Any, list[dict[str, Any]]]] = ()) -> None:
+    """``demo_results.json``, each section's results file, ``plots/`` and ``report.html`` in ``output``."""
     from modaltune.plots import plot_strategy_comparison
     from modaltune.report import write_report
-    from modaltune.testing.demo.audio import audio_html
-    from modaltune.testing.demo.vl import vl_html
 
     (output / "demo_results.json").write_text(json.dumps(results, indent=2) + "\n")
-    if vision_language:
-        (output / "demo_vl_results.json").write_text(json.dumps(vision_language, indent=2) + "\n")
-    if audio:
-        (output / "demo_audio_results.json").write_text(json.dumps(audio, indent=2) + "\n")
+    for section, section_results in sections:
+        (output / section.results_file).write_text(json.dumps(section_results, indent=2) + "\n")
     plots = output / "plots"
     headline: dict[str, Any] = {}
-    sections = []
+    regime_sections = []
     for spec in target_specs:
         rows = [dict(r, strategy=display_name(r)) for r in results if r["regime"] == spec.regime]
         plot_strategy_comparison(rows, plots / f"comparison_{spec.slug}.png", "accuracy")
@@ -641,7 +855,7 @@ def write_outputs(output: Path, results: list[dict[str, Any]], base: BaseModel, 
             "advisor's pick": advice.strategy + (f" (last {advice.layers})" if advice.layers else ""),
             "measured shift": advice.inputs["shift"]["shift"],
         }
-        sections.append((f"Results, {spec.regime} ({spec.train_per_class} labels per class)",
+        regime_sections.append((f"Results, {spec.regime} ({spec.train_per_class} labels per class)",
                          _results_html([r for r in results if r["regime"] == spec.regime], spec)
                          + f"<p>{html.escape(_plain(verdict(list(by_name.values()), spec, advice)))}</p>"
                          + "<p>The advisor:</p><ul>"
@@ -665,10 +879,8 @@ def write_outputs(output: Path, results: list[dict[str, Any]], base: BaseModel, 
                                                 "val per class": t.val_per_class,
                                                 "test per class": t.test_per_class} for t in target_specs}},
         metrics=headline, history=history,
-        sections=[*sections,
-                  *([("Visual question answering and captioning", vl_html(vision_language))]
-                    if vision_language else []),
-                  *([("Sound classification (CLAP)", audio_html(audio))] if audio else []),
+        sections=[*regime_sections,
+                  *[(section.heading, section.html(section_results)) for section, section_results in sections],
                   ("What the demo did", _explanation_html(base, base_spec, target_specs, timings))],
     )
 
@@ -704,7 +916,8 @@ def _explanation_html(base: BaseModel, b: BaseSpec, targets: tuple[TargetSpec, .
     t, more = targets[0], targets[-1]
     pretraining = (f"reused from the cache (it took {base.info['pretrain_seconds']:.0f}s when it was built)"
                    if base.cached else f"took {timings['pretraining']:.0f}s")
-    phases = ", ".join(f"{name} {seconds:.0f}s" for name, seconds in timings.items())
+    phases = ", ".join(f"{name} {seconds:.0f}" + ("" if name.startswith("CPU") else "s")
+                       for name, seconds in timings.items())
     text = [
         f"<p><b>Pretraining.</b> No CLIP weights can be downloaded offline, so the demo made its own: "
         f"a CLIP with {b.layers} layers of width {b.hidden_size} in both towers ({b.patch_size}px patches "
@@ -728,7 +941,8 @@ def _explanation_html(base: BaseModel, b: BaseSpec, targets: tuple[TargetSpec, .
         f"<i>scratch</i> trains the same architecture from a random init. Within a regime all trained "
         f"strategies get the same data, seed and epochs ({t.epochs} with few labels, {more.epochs} with "
         f"more); the learning rate is chosen per strategy (see the tables). <i>Seconds</i> is the wall "
-        f"time of the whole run (loading, training, evaluation, export).</p>",
+        f"time of the whole run (loading, training, evaluation, export), in a worker process at one torch "
+        f"thread, two runs at a time.</p>",
         "<p><b>Reading the numbers.</b> Each accuracy comes with its standard error on the test split, "
         "√(p(1−p)/n): differences smaller than about two of them are what another draw of test images "
         "could reverse. With few labels, fine-tuning has too little to learn from and the pretrained "
@@ -742,6 +956,9 @@ def _explanation_html(base: BaseModel, b: BaseSpec, targets: tuple[TargetSpec, .
         f"regime) is <i>full</i> again with half of every batch rehearsing the old task "
         f"({t.old_train_per_class} images per class) and WiSE-FT choosing how far to move from the "
         f"base weights on validation data.</p>",
-        f"<p><b>Time.</b> {html.escape(phases)}.</p>",
+        f"<p><b>Time.</b> The base pretrains in a worker process at torch's default thread count while the "
+        f"sections that need no base model run beside it in two workers at one thread each; the CLIP runs "
+        f"then take those two workers. Wall seconds per phase (a section's, in its worker): "
+        f"{html.escape(phases)}.</p>",
     ]
     return "\n".join(text)
