@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from modaltune.testing.demo.audio import audio_html, audio_table, run_audio_section
+from modaltune.testing.demo.detect import detect_html, detect_table, run_detect_section
 from modaltune.testing.demo.vl import run_vl_section, vl_html, vl_table
 
 
@@ -37,4 +38,6 @@ SECTIONS: list[Section] = [
     Section("visual question answering and captioning", "demo_vl_results.json", run_vl_section, vl_table, vl_html),
     Section("sound classification (CLAP)", "demo_audio_results.json", run_audio_section, audio_table,
             audio_html),
+    Section("open-vocabulary detection (OWLv2)", "demo_detect_results.json", run_detect_section, detect_table,
+            detect_html),
 ]
