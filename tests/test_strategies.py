@@ -32,7 +32,6 @@ CASES = [
     ("detect", "tiny_grounding_dino", "detect_scenes"),
     ("detect", "tiny_owlv2", "detect_scenes"),
     ("chat", "tiny_llava", "chat_llava_json"),
-    ("chat", "tiny_qwen2_vl", "chat_llava_json"),
 ]
 CASE_IDS = [f"{task}-{model.removeprefix('tiny_')}" for task, model, _ in CASES]
 
