@@ -141,7 +141,7 @@ class GroundingDinoAdapter(DetectionAdapter):
             model.get_input_embeddings()  # type: ignore[operator]
         except NotImplementedError:
             text = model.get_submodule("model.text_backbone")
-            model.get_input_embeddings = text.get_input_embeddings  # type: ignore[assignment,method-assign]
+            model.get_input_embeddings = text.get_input_embeddings
 
     def prompts(self, processor: Any, model: nn.Module, categories: list[str]) -> list[Prompt]:
         """The classes as phrases of as few prompts as fit the model's text length, in order."""

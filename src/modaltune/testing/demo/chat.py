@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, Group
 from rich.table import Table
 
 
@@ -86,6 +86,11 @@ def chat_table(result: dict[str, Any]) -> Table:
         table.add_row(c["prompt"].splitlines()[-1][:60], f"base: {c['base'][:30]}", f"tuned: {c['tuned'][:30]}",
                       f"reference: {c['reference'][:30]}")
     return table
+
+
+def chat_tables(results: list[dict[str, Any]]) -> Group:
+    """The section's console view: one table per result (the demo's section hook passes them all)."""
+    return Group(*(chat_table(result) for result in results))
 
 
 def chat_html(results: list[dict[str, Any]]) -> str:

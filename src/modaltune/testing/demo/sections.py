@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from modaltune.testing.demo.audio import audio_html, audio_table, run_audio_section
+from modaltune.testing.demo.chat import chat_html, chat_tables, run_chat_section
 from modaltune.testing.demo.detect import detect_html, detect_table, run_detect_section
 from modaltune.testing.demo.vl import run_vl_section, vl_html, vl_table
 
@@ -40,4 +41,5 @@ SECTIONS: list[Section] = [
             audio_html),
     Section("open-vocabulary detection (OWLv2)", "demo_detect_results.json", run_detect_section, detect_table,
             detect_html),
+    Section("visual instruction tuning (LLaVA)", "demo_chat_results.json", run_chat_section, chat_tables, chat_html),
 ]
