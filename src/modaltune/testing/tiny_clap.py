@@ -30,7 +30,9 @@ class TinyClapSize:
     text_layers: int = 2
     mel_bins: int = 16
     spec_size: int = 64
-    max_seconds: float = 1.0
+    # Whole seconds, as real checkpoints have (10): ClapFeatureExtractor pads short clips with
+    # np.pad(max_length_s * rate - n), which rejects a float width.
+    max_seconds: int = 1
     vocab_size: int = 300
 
 
