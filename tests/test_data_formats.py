@@ -98,8 +98,11 @@ def test_whole_input_errors_say_what_where_and_how(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match=r"No images found in .*empty.*\.csv / \.jsonl"):
         read_rows(tmp_path / "empty")
-    (tmp_path / "data.parquet").write_bytes(b"PAR1")
-    with pytest.raises(DataError, match=r"Unsupported data file .*data\.parquet.*\.parquet.*\.jsonl"):
+    (tmp_path / "data.xlsx").write_bytes(b"PK")
+    with pytest.raises(DataError, match=r"Unsupported data file .*data\.xlsx.*\.parquet.*\.jsonl"):
+        read_rows(tmp_path / "data.xlsx")
+    (tmp_path / "data.parquet").write_bytes(b"PAR1")  # a parquet reader exists now: a broken file is named as such
+    with pytest.raises(DataError, match=r"data\.parquet is not a readable Parquet file"):
         read_rows(tmp_path / "data.parquet")
     (tmp_path / "data.json").write_text("[]")
     with pytest.raises(DataError, match="one JSON object per line"):

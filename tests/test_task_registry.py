@@ -40,7 +40,7 @@ def fresh_registry(monkeypatch: pytest.MonkeyPatch):
 
 
 def test_builtin_families_are_found_by_package_discovery(fresh_registry: list[EntryPoint]) -> None:
-    assert list_tasks() == ["caption", "classify", "detect", "retrieve", "vqa"]
+    assert list_tasks() == ["caption", "chat", "classify", "detect", "retrieve", "vqa"]
     assert all(issubclass(task_class(name), Task) for name in list_tasks())
 
 
