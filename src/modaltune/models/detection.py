@@ -20,6 +20,7 @@ What the `detect` task asks of a model lives here, so the task names no model ty
 from __future__ import annotations
 
 import re
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar, cast
 
@@ -55,7 +56,7 @@ class Detections:
     embeds: torch.Tensor
 
 
-class DetectionAdapter(ModelAdapter):
+class DetectionAdapter(ModelAdapter, ABC):
     """What `detect` asks of an open-vocabulary detector."""
 
     #: Parameter-name prefixes of the detection heads (what a linear probe trains).
@@ -85,17 +86,19 @@ class DetectionAdapter(ModelAdapter):
     def image_inputs(self, processor: Any, images: list[Any]) -> Batch:
         return dict(processor.image_processor(images=images, return_tensors="pt"))
 
+    @abstractmethod
     def prompts(self, processor: Any, model: nn.Module, categories: list[str]) -> list[Prompt]:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def detect(self, model: nn.Module, images: Batch, prompts: list[Prompt], categories: int) -> Detections:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def loss(self, model: nn.Module, images: Batch, prompts: list[Prompt], targets: list[dict[str, torch.Tensor]],
              ) -> dict[str, torch.Tensor]:
         """``{"loss": total, part: value, ...}``; ``targets`` per image: ``class_labels`` (category
         indices) and ``boxes`` (cx, cy, w, h) in the model's normalised frame."""
-        raise NotImplementedError
 
 
 def _prompt_text(name: str) -> str:
