@@ -560,7 +560,7 @@ def predict(model_or_run: str | Path, inputs: Sequence[str | Path], *, task: str
     (label + top-k, ranked texts, a caption, the answer to ``question``, or boxes). Each file is checked
     by the decoder of its kind first, so a bad one is named with its reason code. ``task_options`` are
     the task's own (detect: threshold, max_detections, save_images)."""
-    from modaltune.data.fields import media_kinds, needs
+    from modaltune.data.fields import check_predict_rows
     from modaltune.data.media import MediaError, get_decoder, media_kind
     from modaltune.data.media.base import require_nonempty_file
     from modaltune.inference import predict_rows
@@ -582,12 +582,5 @@ def predict(model_or_run: str | Path, inputs: Sequence[str | Path], *, task: str
         return predict_onnx(model_or_run, rows, labels=labels, texts=texts)
     instance, loaded = load_model(model_or_run, task=task, labels=labels, texts=texts, num_beams=num_beams,
                                   max_new_tokens=max_new_tokens, **task_options)
-    taken = media_kinds(instance.fields)
-    for row in rows:
-        wrong = [kind for kind in row.media if kind not in taken]
-        if wrong:
-            raise DataError(f"{row.id} is an {wrong[0]} file, but task {instance.name} takes "
-                            f"{' or '.join(taken)} files")
-    if needs(instance.fields, "question") and not (question and question.strip()):
-        raise ConfigError(f"task {instance.name} answers a question about each image: pass --question \"...\"")
+    check_predict_rows(instance.fields, instance.name, rows)
     return predict_rows(instance, loaded, rows)

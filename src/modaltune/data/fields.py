@@ -294,6 +294,21 @@ def needs(fields: Sequence[Field], name: str) -> bool:
     return any(f.name == name or (isinstance(f, MediaField) and name in f.kinds) for f in fields)
 
 
+def check_predict_rows(fields: Sequence[Field], task_name: str, rows: Iterable[Any]) -> None:
+    """Rows given to ``predict`` fit the task: each file of a media kind it takes, and a question on
+    every row where it answers one (the PyTorch and ONNX paths say it the same way)."""
+    from modaltune.errors import ConfigError, DataError
+
+    rows = list(rows)
+    taken = media_kinds(fields)
+    for row in rows:
+        wrong = [kind for kind in row.media if kind not in taken]
+        if wrong:
+            raise DataError(f"{row.id} is an {wrong[0]} file, but task {task_name} takes {' or '.join(taken)} files")
+    if needs(fields, "question") and not all(row.question and row.question.strip() for row in rows):
+        raise ConfigError(f"task {task_name} answers a question about each image: pass --question \"...\"")
+
+
 def describe(fields: Sequence[Field]) -> str:
     """``image or audio, label``: what a task needs, as a message says it."""
     return ", ".join(f.shown for f in fields)

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from modaltune.data.rows import Row
-from modaltune.errors import ConfigError, DataError
+from modaltune.errors import ConfigError
 from modaltune.export.registry import Items, OnnxExporter, batches, exporter_for
 
 META_FILE = "modaltune_onnx.json"
@@ -133,17 +133,10 @@ def predict_onnx(directory: str | Path, rows: Sequence[Row], *, labels: list[str
                  texts: list[str] | None = None, variant: str = "fp32") -> list[dict]:
     """``modaltune predict EXPORT FILE...`` for an ONNX export: rows of media files (checked already)
     → one prediction per row, as ``modaltune predict RUN`` gives them."""
-    from modaltune.data.fields import media_kinds, needs
+    from modaltune.data.fields import check_predict_rows
     from modaltune.tasks.base import task_class
 
     runtime = OnnxRuntime(directory, variant=variant)
     task_cls = task_class(runtime.meta["task"])
-    taken = media_kinds(task_cls.fields)
-    for row in rows:
-        wrong = [kind for kind in row.media if kind not in taken]
-        if wrong:
-            raise DataError(f"{row.id} is an {wrong[0]} file, but task {task_cls.name} takes "
-                            f"{' or '.join(taken)} files")
-    if needs(task_cls.fields, "question") and not all(row.question and row.question.strip() for row in rows):
-        raise ConfigError(f"task {task_cls.name} answers a question about each image: pass --question \"...\"")
+    check_predict_rows(task_cls.fields, task_cls.name, rows)
     return runtime.predict(rows, labels=labels, texts=texts)
