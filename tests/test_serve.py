@@ -113,12 +113,34 @@ def test_health_info_and_openapi(service, tiny_clip_run, tiny_clip):
     assert info["labels"] == ["circle", "square", "triangle"]
     assert info["metrics"]["accuracy"] == metrics["accuracy"] and info["primary_metric"] == "accuracy"
     assert info["zero_shot"]["accuracy"] == metrics["zero_shot"]["accuracy"]
-    assert info["inputs"] == {"media": ["image"], "question": False, "options": ["labels"]}
+    assert info["inputs"] == {"media": ["image"], "question": False, "conversation": False, "options": ["labels"]}
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
     body = spec["paths"]["/predict"]["post"]["requestBody"]["content"]
     assert {"multipart/form-data", "application/json"} <= set(body)
     assert {"/health", "/info"} <= set(spec["paths"])
     assert page.status_code == 200 and 'id="file"' in page.text and "predict" in page.text
+
+
+def test_docs_page_loads_swagger_ui_from_this_server(service):
+    """/docs names no other host: its script and style are served here (offline, behind a firewall)."""
+    import re
+
+    pytest.importorskip("swagger_ui_bundle", reason="the serve extra's swagger-ui-bundle-v2 serves /docs' assets")
+    with _client(service) as client:
+        docs = client.get("/docs")
+        assert docs.status_code == 200
+        urls = re.findall(r'(?:src|href)="([^"]+)"', docs.text) + re.findall(r"url: '([^']+)'", docs.text)
+        assert "http:" not in docs.text and "https:" not in docs.text, "no URL of another host"
+        assets = {url: client.get(url) for url in urls}
+        assert client.get("/docs/assets/index.html").status_code == 404, "only the page's own assets are served"
+        assert client.get("/redoc").status_code == 404, "ReDoc would need a CDN: not offered"
+    kinds = {url.rsplit(".", 1)[-1]: r for url, r in assets.items()}
+    assert {"js", "css", "json"} <= set(kinds), urls
+    assert all(r.status_code == 200 for r in assets.values()), {u: r.status_code for u, r in assets.items()}
+    assert kinds["js"].headers["content-type"].startswith("text/javascript") and len(kinds["js"].content) > 500_000
+    assert b"SwaggerUIBundle" in kinds["js"].content
+    assert kinds["css"].headers["content-type"].startswith("text/css") and b".swagger-ui" in kinds["css"].content
+    assert "/predict" in kinds["json"].json()["paths"]
 
 
 def test_limits_and_bad_uploads_answer_json_errors_and_the_worker_survives(service, shape_folder, tmp_path,
@@ -304,6 +326,55 @@ def test_detect_answers_boxes_with_the_servers_threshold_and_the_requests_labels
         np.testing.assert_allclose(answer["scores"], reference["scores"], atol=1e-5)
     assert set(got_asked["labels"]) <= set(asked)
     assert one.status_code == 200, "one label is a question a detector can answer"
+
+
+def test_grounding_dino_answers_boxes_as_predict_does(tiny_grounding_dino, detect_scenes):
+    """The phrase-prompted detector: per-request labels make a new prompt, answers equal `predict`'s."""
+    image = sorted((detect_scenes.parent / "images").glob("*.png"))[0]
+    options = {"task": "detect", "threshold": 0.0, "max_detections": 4}
+    asked = ["green triangle", "yellow star"]
+    expected = api.predict(tiny_grounding_dino, [str(image)], labels=["red circle", "blue square"], **options)[0]
+    expected_asked = api.predict(tiny_grounding_dino, [str(image)], labels=asked, **options)[0]
+    service = Service.load(tiny_grounding_dino, labels=["red circle", "blue square"], limits=FAST, **options)
+    with TestClient(create_app(service)) as client:
+        got = client.post("/predict", files={"file": ("a.png", image.read_bytes())}).json()["predictions"][0]
+        got_asked = client.post("/predict", json={"file": base64.b64encode(image.read_bytes()).decode(),
+                                                  "labels": asked}).json()["predictions"][0]
+    service.close()
+    for answer, reference in ((got, expected), (got_asked, expected_asked)):
+        assert len(answer["boxes"]) == len(answer["labels"]) == len(answer["scores"]) == 4
+        assert answer["labels"] == reference["labels"]
+        np.testing.assert_allclose(answer["boxes"], reference["boxes"], atol=1e-3)
+        np.testing.assert_allclose(answer["scores"], reference["scores"], atol=1e-5)
+    assert set(got_asked["labels"]) <= set(asked)
+
+
+def test_chat_answers_a_question_or_a_conversation_about_the_image(tiny_llava, shape_folder):
+    [image] = _images(shape_folder, 1)
+    question = "What colour is the shape?"
+    expected = api.predict(tiny_llava, [str(image)], task="chat", question=question, max_new_tokens=6)[0]
+    service = Service.load(tiny_llava, task="chat", limits=FAST, max_new_tokens=6)
+    as_messages = [{"role": "user", "content": f"<image>\n{question}"}]
+    two_images = [{"from": "human", "value": f"<image>\n<image>\n{question}"}]
+    answered = [*as_messages, {"role": "assistant", "content": "Red."}]
+    with TestClient(create_app(service)) as client:
+        inputs = client.get("/info").json()["inputs"]
+        got = client.post("/predict", files={"file": ("a.png", image.read_bytes())}, data={"question": question})
+        conversation = client.post("/predict", json={"file": base64.b64encode(image.read_bytes()).decode(),
+                                                     "conversation": as_messages})
+        _error(client.post("/predict", files={"file": ("a.png", image.read_bytes())}), 422, "missing_field")
+        _error(client.post("/predict", files={"file": ("a.png", image.read_bytes())},
+                           data={"conversation": json.dumps(two_images)}), 422, "image_placeholder_mismatch")
+        _error(client.post("/predict", files={"file": ("a.png", image.read_bytes())},
+                           data={"conversation": json.dumps(answered)}), 422, "bad_role_order")
+        _error(client.post("/predict", files={"file": ("a.wav", _wav(0.2))}, data={"question": question}), 415,
+               "wrong_media_kind")
+    service.close()
+    assert inputs == {"media": ["image"], "question": True, "conversation": True, "options": []}
+    assert got.status_code == 200, got.text
+    assert got.json()["predictions"][0] == {"input": "a.png", "answer": expected["answer"]}
+    assert expected["answer"], "the tiny model generates something to compare"
+    assert conversation.status_code == 200 and conversation.json()["predictions"][0]["answer"] == expected["answer"]
 
 
 def test_audio_model_limits_clip_length(tiny_clap):

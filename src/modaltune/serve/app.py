@@ -25,6 +25,7 @@ from starlette.exceptions import HTTPException
 
 from modaltune.errors import ModaltuneError
 from modaltune.serve.batching import Batcher
+from modaltune.serve.docs import add_docs, docs_folder
 from modaltune.serve.limits import BodyLimit, ServeError
 from modaltune.serve.page import page_html
 from modaltune.serve.service import Input, Service, option_key
@@ -77,8 +78,12 @@ def create_app(service: Service) -> FastAPI:
         finally:
             await batcher.stop()
 
-    app = FastAPI(title="modaltune", version="1", lifespan=lifespan,
-                  description=f"Predictions of a {service.task.name} model ({service.source}).")
+    assets = docs_folder()
+    # ReDoc has no local copy (its script comes from a CDN), so only Swagger UI's /docs is offered.
+    app = FastAPI(title="modaltune", version="1", lifespan=lifespan, docs_url=None if assets else "/docs",
+                  redoc_url=None, description=f"Predictions of a {service.task.name} model ({service.source}).")
+    if assets is not None:
+        add_docs(app, assets, "modaltune")
     app.state.service = service
     app.state.batcher = batcher
     app.add_middleware(BodyLimit, limits=limits)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from modaltune.data.fields import MediaField, needs
+from modaltune.data.fields import QUESTION, MediaField, needs
 from modaltune.data.media import MediaError, get_decoder, media_kinds
 from modaltune.data.rows import Row
 from modaltune.serve.limits import REASON_STATUS, ServeError, ServeLimits
@@ -61,7 +61,12 @@ class Service:
         self.kinds = self._media_kinds()
         self.options = [o for o in REQUEST_OPTIONS if o in _constructor_options(type(task))]
         self.needs_question = needs(task.fields, "question")
+        # A task reading conversations answers a one-turn one made of a question, as `predict
+        # --question` asks it; a request may send the whole conversation instead.
+        self.conversation = needs(task.fields, "conversation")
         self.value_fields = {f.name: f for f in task.fields if not isinstance(f, MediaField)}
+        if self.conversation:
+            self.value_fields.setdefault("question", QUESTION)
         self._tmp = Path(tempfile.mkdtemp(prefix="modaltune-serve-"))  # mode 0700: this process only
         # Decoders use warnings.catch_warnings (process-global), so uploads are decoded one at a time.
         self._decode_lock = threading.Lock()
@@ -115,7 +120,8 @@ class Service:
             "metrics": _scalars(run or {}),
             "zero_shot": _scalars((run or {}).get("zero_shot") or {}),
             "model_card": (self.run_root / "model" / "README.md").is_file() if self.run_root else False,
-            "inputs": {"media": self.kinds, "question": self.needs_question, "options": self.options},
+            "inputs": {"media": self.kinds, "question": self.needs_question or self.conversation,
+                       "conversation": self.conversation, "options": self.options},
             "limits": self.limits.to_dict(),
         }
 
@@ -177,8 +183,16 @@ class Service:
                                                  f"{type(exc).__name__}: {detail}") from None
         finally:
             path.unlink(missing_ok=True)
-        values = self._values(item, index)
-        return Row(id=item.name, media={kind: path}, values=values), {kind: decoded}
+        row = Row(id=item.name, media={kind: path}, values=self._values(item, index))
+        for value_field in self.value_fields.values():
+            key = value_field.name
+            if key not in row.values:
+                continue
+            # Checked on the whole row: a conversation's image placeholders are counted against the media.
+            problem = _prompt_problem(row, key) if key == "conversation" else value_field.problem(row)
+            if problem is not None:
+                raise ServeError(422, problem.reason, f"input {index} ({item.name!r}): {problem.detail}")
+        return row, {kind: decoded}
 
     def _kind_of(self, item: Input) -> str:
         head = item.data[:_SNIFF_BYTES]
@@ -205,12 +219,11 @@ class Service:
                 values[name] = f.parse(value, root=self._tmp / "no-files", column=name)
             except FieldError as exc:
                 raise ServeError(422, exc.reason, f"input {index} ({item.name!r}): {exc.detail}") from None
-            problem = f.problem(values)
-            if problem is not None:
-                raise ServeError(422, problem.reason, f"input {index} ({item.name!r}): {problem.detail}")
-        if self.needs_question and "question" not in values:
+        asked = "question" in values or (self.conversation and "conversation" in values)
+        if (self.needs_question or self.conversation) and not asked:
+            also = " (or a 'conversation': a JSON list of messages)" if self.conversation else ""
             raise ServeError(422, "missing_field", f"task {self.task.name} answers a question about each "
-                                                   f"{' or '.join(self.kinds)}: send a 'question'")
+                                                   f"{' or '.join(self.kinds)}: send a 'question'{also}")
         return values
 
     # ---- the model ----------------------------------------------------------------------------
@@ -242,6 +255,21 @@ class Service:
         if len(self._attached) > _ATTACHED_CACHE:
             self._attached.popitem(last=False)
         return pair
+
+
+def _prompt_problem(row: Row, name: str) -> Any:
+    """What is wrong with a conversation to answer: the rules of training data (roles in turn, one
+    placeholder per image), except that it ends with the user's turn the model answers."""
+    from modaltune.data.conversation import Conversation, ordered_images
+    from modaltune.data.fields import FieldError
+
+    conversation = row.get(name)
+    if not isinstance(conversation, Conversation):
+        return FieldError("bad_json", f"{name!r} is not a conversation (a JSON list of messages)")
+    if conversation.has_answer:
+        return FieldError("bad_role_order", "the conversation ends with an assistant turn: end it with the "
+                                            "user's turn to answer")
+    return conversation.then("assistant", "(the answer)").problem(len(ordered_images(row.media)))
 
 
 def option_key(options: dict[str, Any]) -> str:
