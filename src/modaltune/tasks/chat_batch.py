@@ -85,28 +85,47 @@ def pad_and_stack(encodings: list[dict[str, torch.Tensor]], pad_id: int, *, left
         else:
             for key in _PER_IMAGE:
                 if key in images[0]:
-                    out[key] = torch.cat([e[key] for e in images])
+                    out[key] = padded_cat([e[key] for e in images])
     return out
+
+
+def padded_cat(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``tensors`` concatenated along the first dimension, each zero-padded at the end of every other
+    dimension to the largest size among them.
+
+    Images of different sizes or aspect ratios give different shapes beyond the first dimension:
+    LLaVA-NeXT/OneVision's tiles per image ((images, tiles, 3, H, W), the model keeps the first
+    ``tiles`` of each as its ``image_sizes`` say), Pixtral/Mistral3's pixels (cropped back by
+    ``image_sizes``), Idefics3's images per conversation and pixels (an all-zero image is dropped,
+    ``pixel_attention_mask`` marks the real pixels). Padding with zeros is what their processors do
+    for a batch encoded at once, so a conversation's inputs mean the same alone or batched.
+    Qwen2-VL's patch rows (patches, features) have one width: they are only concatenated.
+    """
+    rank = {t.dim() for t in tensors}
+    if len(rank) != 1:
+        raise ValueError(f"cannot batch image inputs of different ranks: {[tuple(t.shape) for t in tensors]}")
+    most = [max(t.shape[d] for t in tensors) for d in range(1, tensors[0].dim())]
+    padded = []
+    for t in tensors:
+        if list(t.shape[1:]) != most:
+            grown = t.new_zeros((t.shape[0], *most))
+            region = tuple(slice(0, n) for n in t.shape)
+            grown[region] = t
+            t = grown
+        padded.append(t)
+    return torch.cat(padded)
 
 
 def _pad_image_dim(encodings: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """Idefics3/SmolVLM: pixel_values (1, images, 3, H, W) per conversation, padded with all-zero images
-    (which the model drops) to the batch's most images; a text-only conversation gets only padding."""
+    (which the model drops) to the batch's most images and largest image; a text-only conversation
+    gets only padding."""
     reference = next(e for e in encodings if "pixel_values" in e)
-    most = max(e["pixel_values"].shape[1] for e in encodings if "pixel_values" in e)
-    pixels, masks = [], []
-    for e in encodings:
-        shape = (1, most, *reference["pixel_values"].shape[2:])
-        mask_shape = (1, most, *reference["pixel_attention_mask"].shape[2:])
-        p = torch.zeros(shape, dtype=reference["pixel_values"].dtype)
-        m = torch.zeros(mask_shape, dtype=reference["pixel_attention_mask"].dtype)
-        if "pixel_values" in e:
-            n = e["pixel_values"].shape[1]
-            p[:, :n] = e["pixel_values"]
-            m[:, :n] = e["pixel_attention_mask"]
-        pixels.append(p)
-        masks.append(m)
-    return {"pixel_values": torch.cat(pixels), "pixel_attention_mask": torch.cat(masks)}
+    out = {}
+    for key in ("pixel_values", "pixel_attention_mask"):
+        empty = reference[key].new_zeros((1, 0, *reference[key].shape[2:]))
+        out[key] = padded_cat([e.get(key, empty) for e in encodings])
+    return out
 
 
 def model_inputs(batch: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
