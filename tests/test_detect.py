@@ -197,3 +197,102 @@ def test_zero_shot_predict_on_a_base_model_with_labels(tiny_grounding_dino, dete
     assert result.returncode == 0, result.stderr
     (line,) = [json.loads(x) for x in result.stdout.splitlines()]
     assert len(line["boxes"]) == 5 and set(line["labels"]) <= {"circle", "blue square"}
+
+
+@pytest.mark.slow
+def test_strategy_auto_through_the_cli_records_the_advice(tiny_grounding_dino, detect_scenes, tmp_path, run_cli):
+    """`modaltune train --task detect --strategy auto`: the advisor measures the shift with COCO mAP
+    (a random model finds nothing: far), trains what it picked, and the run records it."""
+    run = tmp_path / "auto"
+    result = run_cli("train", "--task", "detect", "--model", str(tiny_grounding_dino), "--data", str(detect_scenes),
+                     "--strategy", "auto", "--epochs", "1", "--batch-size", "4", "--output", str(run))
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((run / "metrics.json").read_text())
+    advice = metrics["advice"]
+    assert advice["inputs"]["shift"]["metric"] == "map" and advice["inputs"]["shift"]["shift"] >= 0.85
+    assert advice["inputs"]["data"]["classes"] is None  # boxes, not one label per row
+    assert advice["strategy"] == metrics["run"]["strategy"]["strategy"] == "last-n"
+    assert advice["layers"] == metrics["run"]["strategy"]["layers"] == 1
+    trained = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    assert [h["kind"] for h in trained].count("step") == 2  # 6 training rows at batch 4, the one epoch asked
+    assert "Advisor (strategy auto)" in (run / "report.html").read_text()
+    assert "strategy:\n  name: auto\n" in (run / "config.yaml").read_text()  # a rerun advises again
+
+
+@pytest.mark.parametrize("kind", ["owlv2", "owlvit"])
+def test_owl_heads_over_the_image_states_are_the_models_forward(kind, tmp_path):
+    """The split a linear probe's feature cache trains through: the heads over the tower's final
+    states and the queries embedded once give what the whole model's forward gives."""
+    from modaltune.testing.tiny_detect import build_owl
+
+    model_dir = build_owl(tmp_path / kind, kind=kind, texts=["red circle", "blue square"], seed=0)
+    task = create_task("detect", labels=["red circle", "blue square"])
+    loaded = task.load(model_dir)
+    model = loaded.model.backbone.eval()
+    adapter = detection_adapter(model)
+    (prompt,) = adapter.prompts(loaded.processor, model, ["red circle", "blue square"])
+    pixels = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        whole = adapter._forward(model, {"pixel_values": pixels}, prompt)
+        queries = adapter.query_embeds(model, prompt, pixels.device)
+        split = adapter.heads(model, adapter.image_states(model, pixels), *queries)
+    for name in ("logits", "pred_boxes", "image_embeds") + (("objectness_logits",) if kind == "owlv2" else ()):
+        torch.testing.assert_close(getattr(split, name), getattr(whole, name), rtol=1e-5, atol=1e-5, msg=name)
+
+
+def _probe(model: Path, data: Path, out: Path, **options):
+    from modaltune import api
+    from modaltune.config import build_config
+
+    return api.train(build_config(
+        task="detect", model=str(model), data=str(data), strategy="linear-probe", epochs=options.pop("epochs", 2),
+        batch_size=3, lr=1e-3, val_fraction=0.25, zero_shot_baseline=False, output=str(out),
+        cache_dir=str(out.parent / "features"), **options))
+
+
+@pytest.mark.slow
+def test_owl_linear_probe_trains_the_same_from_the_feature_cache(tiny_owlv2, detect_scenes, tmp_path):
+    from safetensors.torch import load_file
+
+    cached = _probe(tiny_owlv2, detect_scenes, tmp_path / "cached", feature_cache=True)
+    plain = _probe(tiny_owlv2, detect_scenes, tmp_path / "plain", feature_cache=False)
+    info = cached["run"]["feature_cache"]
+    assert info["split"] == "detect:owlv2-image-states" and not info["hit"]
+    assert plain["run"]["feature_cache"] is None
+    ours = load_file(str(tmp_path / "cached" / "model" / "model.safetensors"))
+    theirs = load_file(str(tmp_path / "plain" / "model" / "model.safetensors"))
+    base = load_file(str(tiny_owlv2 / "model.safetensors"))
+    changed = {k.split(".")[0] for k in ours if not torch.equal(ours[k], base[k])}
+    assert changed == {"class_head", "box_head", "objectness_head", "layer_norm"}  # the heads trained, nothing else
+    for key in ours:
+        torch.testing.assert_close(ours[key], theirs[key], rtol=1e-4, atol=1e-5, msg=key)
+    steps = [[json.loads(line)["loss"] for line in (tmp_path / run / "history.jsonl").read_text().splitlines()
+              if json.loads(line)["kind"] == "step"] for run in ("cached", "plain")]
+    assert steps[0] == pytest.approx(steps[1], rel=1e-5)
+    for key in ("map", "map_50", "mar_100"):
+        assert cached[key] == pytest.approx(plain[key], abs=1e-6), key
+    # a second run reads the stored image states
+    again = _probe(tiny_owlv2, detect_scenes, tmp_path / "again", feature_cache=True)
+    assert again["run"]["feature_cache"]["hit"] and again["map"] == pytest.approx(cached["map"], abs=1e-6)
+
+
+def test_the_detection_feature_cache_is_bypassed_where_it_cannot_hold(tiny_owlv2, tiny_grounding_dino):
+    """Augmentation moves pixels (the cache is bypassed as for every task: the loop's rule), other
+    strategies train below the heads, LoRA changes the towers, and Grounding DINO's heads read
+    prompt-conditioned states: no split."""
+    task = create_task("detect", labels=["red circle", "blue square"])
+    for strategy in ("full", "last-n", "lora"):
+        loaded = task.load(tiny_owlv2)
+        apply_strategy(task, loaded, strategy, layers=1 if strategy == "last-n" else None)
+        assert task.cache_split(loaded, strategy, None) is None, strategy
+    loaded = task.load(tiny_owlv2)
+    apply_strategy(task, loaded, "linear-probe")
+    assert task.cache_split(loaded, "linear-probe", None) is not None
+    loaded = task.load(tiny_grounding_dino)
+    apply_strategy(task, loaded, "linear-probe")
+    assert task.cache_split(loaded, "linear-probe", None) is None
+
+
+def test_augmented_owl_probe_runs_without_the_cache(tiny_owlv2, detect_scenes, tmp_path):
+    metrics = _probe(tiny_owlv2, detect_scenes, tmp_path / "aug", feature_cache=True, augment=True, epochs=1)
+    assert metrics["run"]["feature_cache"] is None

@@ -260,13 +260,56 @@ class OwlAdapter(DetectionAdapter):
 
     def detect(self, model: nn.Module, images: Batch, prompts: list[Prompt], categories: int) -> Detections:
         (prompt,) = prompts
-        out = self._forward(model, images, prompt)
-        return Detections(out.pred_boxes, out.logits.sigmoid(), out.image_embeds.flatten(1, 2).mean(dim=1))
+        return self.detections_of(self._forward(model, images, prompt))
 
     def loss(self, model: nn.Module, images: Batch, prompts: list[Prompt], targets: list[dict[str, torch.Tensor]],
              ) -> dict[str, torch.Tensor]:
         (prompt,) = prompts
-        out = self._forward(model, images, prompt)
+        return self.loss_of(self._forward(model, images, prompt), targets)
+
+    # ---- the heads apart from the towers (a linear probe's feature cache) ----------------------
+    # The heads read only the image tower's final states and the text queries' embeddings, both
+    # frozen under a linear probe, so a probe can train on stored image states (`DetectTask.cache_split`).
+
+    def image_states(self, model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, 1 + patches, D): the image tower's last hidden states after its final norm, all that
+        the detection heads read of an image (the model's ``image_embedder`` up to ``post_layernorm``)."""
+        vision = cast(Any, model.get_submodule(f"{self.prefix}.vision_model"))
+        return cast(torch.Tensor, vision.post_layernorm(vision(pixel_values=pixel_values).last_hidden_state))
+
+    def query_embeds(self, model: nn.Module, prompt: Prompt, device: torch.device,
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The prompt's (queries, D) unit-length text embeddings and (queries,) mask of real queries,
+        as the model's forward computes them."""
+        owl = cast(Any, model.get_submodule(self.prefix))
+        ids = prompt.inputs["input_ids"].to(device)
+        pooled = owl.text_model(input_ids=ids, attention_mask=prompt.inputs["attention_mask"].to(device)).pooler_output
+        embeds = owl.text_projection(pooled)
+        return embeds / torch.linalg.norm(embeds, ord=2, dim=-1, keepdim=True), ids[:, 0] > 0
+
+    def heads(self, model: nn.Module, states: torch.Tensor, queries: torch.Tensor, query_mask: torch.Tensor) -> Any:
+        """What the model's forward returns (``logits``, ``pred_boxes``, ``objectness_logits``,
+        ``image_embeds``) from ``image_states`` and ``query_embeds``, through the model's own predictors."""
+        from types import SimpleNamespace
+
+        owl = cast(Any, model)
+        size = states.shape[0]
+        cls = torch.broadcast_to(states[:, :1, :], states[:, :-1].shape)
+        feats = owl.layer_norm(states[:, 1:, :] * cls)
+        grid = (size, int(owl.num_patches_height), int(owl.num_patches_width), feats.shape[-1])
+        feature_map = feats.reshape(grid)
+        feats = feature_map.reshape(size, grid[1] * grid[2], grid[3])
+        logits, _ = owl.class_predictor(feats, queries.expand(size, -1, -1), query_mask.expand(size, -1))
+        boxes = owl.box_predictor(feats, feature_map)
+        predictor = getattr(owl, "objectness_predictor", None)
+        return SimpleNamespace(logits=logits, pred_boxes=boxes, image_embeds=feature_map,
+                               objectness_logits=predictor(feats) if predictor is not None else None)
+
+    def detections_of(self, out: Any) -> Detections:
+        return Detections(out.pred_boxes, out.logits.sigmoid(), out.image_embeds.flatten(1, 2).mean(dim=1))
+
+    def loss_of(self, out: Any, targets: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """The loss parts of the model's outputs ``out`` (see `owl_loss`), OWLv2's objectness included."""
         parts, matched = owl_loss(out.logits, out.pred_boxes, targets)
         objectness = getattr(out, "objectness_logits", None)
         if objectness is not None:

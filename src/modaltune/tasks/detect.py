@@ -24,8 +24,9 @@ from modaltune.config.task_options import TaskOptions
 from modaltune.data.fields import IMAGE
 from modaltune.data.rows import Row
 from modaltune.errors import ConfigError, DataError
-from modaltune.models.base import backbone_of, blocks_at
-from modaltune.models.detection import DetectionAdapter, Prompt, detection_adapter
+from modaltune.feature_cache import CacheSplit
+from modaltune.models.base import backbone_of, blocks_at, hf_config
+from modaltune.models.detection import DetectionAdapter, Detections, OwlAdapter, Prompt, detection_adapter
 from modaltune.tasks.base import BackboneModel, Loaded, ModelOptions, Task, read_meta, register, unwrap, write_meta
 
 Batch = dict[str, torch.Tensor]
@@ -133,31 +134,74 @@ class DetectTask(Task):
             batch[f"prompt{k}:classes"] = torch.tensor(prompt.classes).repeat(size, 1)
         batch["image_size"] = torch.tensor([[image.width, image.height] for image in images], dtype=torch.float32)
         if all(row.get("boxes") is not None for row, _ in items):
-            batch.update(_targets(adapter, items, index))
+            batch.update(_targets(adapter, [row for row, _ in items], batch["image_size"], index))
         return batch
 
     def loss(self, loaded: Loaded, batch: Batch) -> dict[str, torch.Tensor]:
         adapter = detection_adapter(_plain(loaded))
-        targets = []
-        for boxes, labels in zip(batch["target_boxes"], batch["target_labels"]):
-            keep = labels >= 0
-            targets.append({"class_labels": labels[keep], "boxes": boxes[keep]})
-        return adapter.loss(backbone_of(loaded.model), _image_inputs(batch), _prompts(batch), targets)
+        return adapter.loss(backbone_of(loaded.model), _image_inputs(batch), _prompts(batch), _target_list(batch))
 
     def outputs(self, loaded: Loaded, batch: Batch) -> Batch:
         """Every query's box in pixels (x0, y0, x1, y1) and its probability per category."""
         adapter = detection_adapter(_plain(loaded))
         found = adapter.detect(backbone_of(loaded.model), _image_inputs(batch), _prompts(batch),
                                len(_categories(loaded)))
-        sizes = batch["image_size"].to(found.boxes.device)
-        scale = torch.tensor([adapter.box_scale(int(w), int(h)) for w, h in sizes.tolist()],
-                             device=found.boxes.device).repeat(1, 2)[:, None, :]
-        cx, cy, w, h = found.boxes.float().unbind(-1)
-        corners = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1) * scale
-        limit = sizes.repeat(1, 2)[:, None, :]
-        corners = torch.minimum(corners.clamp(min=0), limit)
-        return {"boxes": corners, "scores": found.scores.float(), "image_embeds": found.embeds.float(),
-                "image_size": sizes.float()}
+        return _in_pixels(adapter, found, batch["image_size"])
+
+    def cache_split(self, loaded: Loaded, strategy: str, layers: int | None) -> CacheSplit | None:
+        """OWL's linear probe: the heads read only the image tower's final states and the text
+        queries' embeddings, both frozen, so the image states are cached (one (1 + patches) x width
+        tensor per image, followed by the decoded image's width and height, which the box targets
+        and pixel boxes need) and the queries are embedded once. Grounding DINO has no such cut:
+        whatever it trains reads prompt-conditioned fusion states (benchmarks/RESULTS.md)."""
+        model = _plain(loaded)
+        adapter = _adapter(loaded)
+        if strategy != "linear-probe" or not isinstance(adapter, OwlAdapter) or backbone_of(loaded.model) is not model:
+            return None  # LoRA changes the towers themselves
+        if any(p.requires_grad and not name.startswith(adapter.head_prefixes) for name, p in model.named_parameters()):
+            return None  # something under the heads trains: its outputs change every step
+        index = {name: i for i, name in enumerate(_categories(loaded))}
+        (prompt,) = adapter.prompts(loaded.processor, model, list(index))
+        width = int(hf_config(model).vision_config.hidden_size)
+        text = [model.get_submodule(f"{adapter.prefix}.{name}") for name in ("text_model", "text_projection")]
+        queries: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+        def query(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+            # Frozen, so embedded once, in eval mode as the cached image states are.
+            if device not in queries:
+                modes = [m.training for m in text]
+                try:
+                    for m in text:
+                        m.eval()
+                    with torch.no_grad():
+                        queries[device] = adapter.query_embeds(model, prompt, device)
+                finally:
+                    for m, mode in zip(text, modes):
+                        m.train(mode)
+            return queries[device]
+
+        def encode(batch: Batch) -> torch.Tensor:
+            states = adapter.image_states(model, batch["pixel_values"])
+            return torch.cat([states.flatten(1), batch["image_size"].to(states)], dim=1)
+
+        def collate(items: list[tuple[Row, torch.Tensor]]) -> Batch:
+            features = torch.stack([f for _, f in items])
+            sizes = features[:, -2:].clone()
+            batch = {"image_states": features[:, :-2].reshape(len(items), -1, width), "image_size": sizes}
+            if all(row.get("boxes") is not None for row, _ in items):
+                batch.update(_targets(adapter, [row for row, _ in items], sizes, index))
+            return batch
+
+        def heads(batch: Batch) -> Any:
+            states = batch["image_states"]
+            return adapter.heads(model, states, *query(states.device))
+
+        return CacheSplit(
+            name=f"detect:{adapter.prefix}-image-states", encode=encode, collate=collate,
+            frozen=[model.get_submodule(f"{adapter.prefix}.vision_model")],
+            loss=lambda batch: adapter.loss_of(heads(batch), _target_list(batch)),  # type: ignore[arg-type,return-value]
+            outputs=lambda batch: _in_pixels(adapter, adapter.detections_of(heads(batch)), batch["image_size"]),
+            preprocessing={"image": loaded.processor.image_processor.to_dict(), "media": dict(loaded.media_options)})
 
     # ---- scores and predictions ----------------------------------------------------------------
 
@@ -304,12 +348,34 @@ def _prompts(batch: Batch) -> list[Prompt]:
     return prompts
 
 
-def _targets(adapter: DetectionAdapter, items: list[tuple[Row, Any]], index: dict[str, int]) -> Batch:
-    """Each image's boxes as (cx, cy, w, h) in the model's normalised frame, padded to the longest."""
+def _target_list(batch: Batch) -> list[dict[str, torch.Tensor]]:
+    """The padded ``target_boxes`` / ``target_labels`` as the per-image targets a loss takes."""
+    targets = []
+    for boxes, labels in zip(batch["target_boxes"], batch["target_labels"]):
+        keep = labels >= 0
+        targets.append({"class_labels": labels[keep], "boxes": boxes[keep]})
+    return targets
+
+
+def _in_pixels(adapter: DetectionAdapter, found: Detections, image_size: torch.Tensor) -> Batch:
+    """Detections as ``outputs`` returns them: boxes as (x0, y0, x1, y1) pixels inside each image."""
+    sizes = image_size.to(found.boxes.device)
+    scale = torch.tensor([adapter.box_scale(int(w), int(h)) for w, h in sizes.tolist()],
+                         device=found.boxes.device).repeat(1, 2)[:, None, :]
+    cx, cy, w, h = found.boxes.float().unbind(-1)
+    corners = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1) * scale
+    limit = sizes.repeat(1, 2)[:, None, :]
+    corners = torch.minimum(corners.clamp(min=0), limit)
+    return {"boxes": corners, "scores": found.scores.float(), "image_embeds": found.embeds.float(),
+            "image_size": sizes.float()}
+
+
+def _targets(adapter: DetectionAdapter, rows: list[Row], image_size: torch.Tensor, index: dict[str, int]) -> Batch:
+    """Each image's boxes as (cx, cy, w, h) in the model's normalised frame, padded to the longest;
+    ``image_size`` (B, 2) is each decoded image's width and height."""
     per_image = []
-    for row, media in items:
-        image = media["image"]
-        sx, sy = adapter.box_scale(image.width, image.height)
+    for row, (width, height) in zip(rows, image_size.tolist()):
+        sx, sy = adapter.box_scale(int(width), int(height))
         boxes = []
         for box in row.get("boxes") or ():
             if box.label not in index:
@@ -319,8 +385,8 @@ def _targets(adapter: DetectionAdapter, items: list[tuple[Row, Any]], index: dic
             boxes.append(((x0 + x1) / 2 / sx, (y0 + y1) / 2 / sy, (x1 - x0) / sx, (y1 - y0) / sy, label))
         per_image.append(boxes)
     longest = max(1, max(len(b) for b in per_image))
-    coords = torch.zeros(len(items), longest, 4)
-    labels = torch.full((len(items), longest), -1, dtype=torch.long)
+    coords = torch.zeros(len(rows), longest, 4)
+    labels = torch.full((len(rows), longest), -1, dtype=torch.long)
     for i, boxes in enumerate(per_image):
         for j, (*xywh, label) in enumerate(boxes):
             coords[i, j] = torch.tensor(xywh)
