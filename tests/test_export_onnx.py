@@ -156,9 +156,120 @@ def test_generative_and_unknown_tasks_say_they_are_not_exported(tiny_blip_vqa, t
     with pytest.raises(ExportError, match=r"generative VQA \(blip\) is not exported to ONNX.*optimum"):
         export_onnx(tmp_path / "blip", tmp_path / "onnx")
     assert "captioning (BLIP, GIT) is not exported" in str(exporter_for("caption").unsupported(None, None))
-    with pytest.raises(ExportError, match="task nope has no ONNX export; tasks that have one: classify, retrieve, vqa"):
+    with pytest.raises(ExportError, match="no ONNX export; tasks that have one: classify, detect, retrieve, vqa"):
         exporter_for("nope")
     result = run_cli("export", str(tmp_path / "blip"), "--format", "tflite")
     assert result.returncode == 2 and "the export format is onnx" in result.stderr
     result = run_cli("predict", str(tmp_path), str(tmp_path / "x.png"))
     assert result.returncode == 2
+
+
+@pytest.fixture(scope="module")
+def owlvit_detector(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny OWL-ViT saved as a modaltune detector of three categories."""
+    from modaltune.testing.tiny_detect import build_owl
+
+    texts = ["red circle", "blue square", "green triangle", "yellow star", "a photo of an object"]
+    base = build_owl(tmp_path_factory.mktemp("tiny-owlvit"), kind="owlvit", texts=texts, seed=0)
+    task = create_task("detect", labels=["red circle", "blue square", "green triangle"])
+    loaded = task.load(base)
+    import torch
+
+    from modaltune.models.base import backbone_of
+
+    # Random logit scales saturate every score at 1.0 (all ties); a unit scale and no shift leave
+    # scores spread between 0.27 and 0.73, so rankings and thresholds say something.
+    head = backbone_of(loaded.model).class_head
+    with torch.no_grad():
+        for layer in (head.logit_scale, head.logit_shift):
+            layer.weight.zero_()
+            layer.bias.zero_()
+    model = tmp_path_factory.mktemp("owlvit-detector") / "model"
+    task.save(loaded, model)
+    return model
+
+
+def _same_detections(onnx: list[dict], torch_: list[dict]) -> None:
+    assert len(onnx) == len(torch_)
+    for a, b in zip(onnx, torch_):
+        assert a["input"] == b["input"] and a["labels"] == b["labels"]
+        assert a["scores"] == pytest.approx(b["scores"], abs=1e-4)
+        assert [v for box in a["boxes"] for v in box] == pytest.approx([v for box in b["boxes"] for v in box], abs=0.02)
+
+
+def test_owl_detector_exports_and_detects_as_pytorch(owlvit_detector, detect_scenes, tmp_path):
+    """Image + text queries → logits and boxes; batch and query count are dynamic, so other labels work."""
+    from modaltune.api import predict
+    from modaltune.export.onnx_export import export_onnx
+
+    out = tmp_path / "onnx"
+    report = export_onnx(owlvit_detector, out, exporter="torchscript")
+    checks = report["graphs"]["detect"]["checks"]
+    assert report["max_abs_diff"] <= 1e-4 and {c["output"] for c in checks} == {"logits", "boxes", "image_embeds"}
+    # traced on 3 images x 3 queries; checked on 1 image, 1 query and 5 queries too
+    shapes = {(c["shapes"]["pixel_values"][0], c["shapes"]["input_ids"][0]) for c in checks}
+    assert shapes == {(3, 3), (1, 3), (2, 1), (3, 5)}
+    assert (out / "categories.txt").read_text().splitlines() == ["red circle", "blue square", "green triangle"]
+    images = [str(p) for p in sorted((detect_scenes.parent / "images").glob("*.png"))[:3]]
+    options = {"threshold": 0.0, "max_detections": 4}
+    _same_detections(predict(out, images, **options), predict(owlvit_detector, images, **options))
+    asked = ["yellow star", "red circle"]
+    got = predict(out, images, labels=asked, **options)
+    _same_detections(got, predict(owlvit_detector, images, task="detect", labels=asked, **options))
+    assert {label for p in got for label in p["labels"]} <= set(asked)
+    # the task's threshold applies to the runtime's scores too: one between the first answer's scores
+    first = predict(out, images[:1], max_detections=2, threshold=0.0)[0]["scores"]
+    middle = (first[0] + first[1]) / 2
+    assert first[0] - first[1] > 2e-4, first
+    cut = predict(out, images, threshold=middle)
+    _same_detections(cut, predict(owlvit_detector, images, threshold=middle))
+    assert len(cut[0]["boxes"]) == 1
+
+
+def test_grounding_dino_and_chat_are_refused_with_the_reason(tiny_grounding_dino, tmp_path, run_cli):
+    task = create_task("detect", labels=["red circle", "blue square"])
+    task.save(task.load(tiny_grounding_dino), tmp_path / "gdino")
+    result = run_cli("export", str(tmp_path / "gdino"), "--format", "onnx")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    message = " ".join(result.stderr.split())
+    assert "Grounding DINO is not exported to ONNX" in message and "torch.isin" in message
+    assert "modaltune serve RUN" in message and "OWLv2" in message
+    assert not (tmp_path / "gdino" / "onnx").exists(), "nothing is written for a refused model"
+    chat = exporter_for("chat").unsupported(None, None)
+    assert "chat models" in chat and "not exported to ONNX" in chat and "optimum-cli export onnx" in chat
+
+
+@pytest.mark.slow
+def test_owlv2_run_exports_with_the_cli_and_predicts_through_onnxruntime(tiny_owlv2, detect_scenes, tmp_path,
+                                                                         run_cli, monkeypatch):
+    """A fine-tuned OWLv2 run through `modaltune export` (dynamo, int8): its validation scenes give
+    the same mAP through onnxruntime, and `modaltune predict` runs the export without PyTorch's model."""
+    from modaltune.api import train
+    from modaltune.config import build_config
+
+    run = tmp_path / "run"
+    train(build_config(task="detect", model=str(tiny_owlv2), data=str(detect_scenes), strategy="full", epochs=1,
+                       batch_size=4, val_fraction=0.25, seed=0, output=str(run)))
+    result = run_cli("export", str(run), "--format", "onnx", "--quantize", "int8")
+    assert result.returncode == 0, result.stderr
+    assert "parity with PyTorch" in result.stdout and "through onnxruntime: map" in result.stdout
+    report = json.loads((run / "onnx" / "modaltune_onnx.json").read_text())["report"]
+    assert report["exporter"] == "dynamo" and report["max_abs_diff"] <= 1e-4
+    validation = report["validation"]
+    assert validation["metric"] == "map" and validation["onnx"] == pytest.approx(validation["pytorch"], abs=1e-6)
+    assert validation["max_abs_diff"]["scores"] <= 1e-4 and validation["max_abs_diff"]["boxes"] <= 1e-2
+    assert "int8" in report and report["int8"]["validation"]["metric"] == "map"
+
+    images = [str(p) for p in sorted((detect_scenes.parent / "images").glob("*.png"))[:2]]
+    expected = run_cli("predict", str(run), *images, "--threshold", "0", "--max-detections", "3")
+    import modaltune.api
+
+    def no_torch_model(*args, **kwargs):
+        raise AssertionError("the ONNX path loaded the PyTorch model")
+
+    monkeypatch.setattr(modaltune.api, "load_model", no_torch_model)
+    got = run_cli("predict", str(run / "onnx"), *images, "--threshold", "0", "--max-detections", "3")
+    assert got.returncode == 0, got.stderr
+    _same_detections([json.loads(line) for line in got.stdout.splitlines()],
+                     [json.loads(line) for line in expected.stdout.splitlines()])
+    print(result.stdout)  # the export's report, for -s

@@ -579,7 +579,7 @@ def predict(model_or_run: str | Path, inputs: Sequence[str | Path], *, task: str
     from modaltune.export.onnx_predict import is_onnx_export, predict_onnx
 
     if is_onnx_export(model_or_run):  # `modaltune export` output: onnxruntime, no PyTorch model
-        return predict_onnx(model_or_run, rows, labels=labels, texts=texts)
+        return predict_onnx(model_or_run, rows, labels=labels, texts=texts, **task_options)
     instance, loaded = load_model(model_or_run, task=task, labels=labels, texts=texts, num_beams=num_beams,
                                   max_new_tokens=max_new_tokens, **task_options)
     check_predict_rows(instance.fields, instance.name, rows)

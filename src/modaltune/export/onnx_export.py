@@ -286,8 +286,8 @@ def _save_config(run_or_model: str | Path, out: Path) -> None:
 
 
 def _write_vocabulary(out: Path, state: dict[str, Any]) -> None:
-    """labels.txt / answers.txt, one per line in class-id order (the logits' columns)."""
-    for key in ("labels", "answers"):
+    """labels.txt / answers.txt / categories.txt, one per line in class-id order (the logits' columns)."""
+    for key in ("labels", "answers", "categories"):
         if state.get(key):
             (out / f"{key}.txt").write_text("".join(f"{value}\n" for value in state[key]))
 

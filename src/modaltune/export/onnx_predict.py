@@ -47,6 +47,8 @@ class OnnxRuntime:
         self.exporter: OnnxExporter = exporter_for(self.meta["task"])
         self._sessions: dict[str, Any] = {}
         self._processor: Any = None
+        #: What an exporter reads once per runtime (a model's config, say), by its own keys.
+        self.cache: dict[str, Any] = {}
         missing = [name for name, graph in self.meta["graphs"].items() if variant not in graph["files"]]
         if missing:
             raise ConfigError(f"{self.directory}: no {variant} graph for {', '.join(missing)} "
@@ -130,13 +132,14 @@ def _array(value: Any) -> np.ndarray:
 
 
 def predict_onnx(directory: str | Path, rows: Sequence[Row], *, labels: list[str] | None = None,
-                 texts: list[str] | None = None, variant: str = "fp32") -> list[dict]:
+                 texts: list[str] | None = None, variant: str = "fp32", **task_options: Any) -> list[dict]:
     """``modaltune predict EXPORT FILE...`` for an ONNX export: rows of media files (checked already)
-    → one prediction per row, as ``modaltune predict RUN`` gives them."""
+    → one prediction per row, as ``modaltune predict RUN`` gives them; ``task_options`` are the
+    task's own (detect: threshold, max_detections, save_images)."""
     from modaltune.data.fields import check_predict_rows
     from modaltune.tasks.base import task_class
 
     runtime = OnnxRuntime(directory, variant=variant)
     task_cls = task_class(runtime.meta["task"])
     check_predict_rows(task_cls.fields, task_cls.name, rows)
-    return runtime.predict(rows, labels=labels, texts=texts)
+    return runtime.predict(rows, labels=labels, texts=texts, **task_options)
