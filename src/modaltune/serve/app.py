@@ -42,9 +42,13 @@ _PREDICT_BODY: dict[str, Any] = {
             "properties": {
                 "file": {"type": "array", "items": {"type": "string", "format": "binary"},
                          "description": "one or more media files (image, audio: what the model takes)"},
-                "question": {"type": "string", "description": "the question about each file (vqa)"},
+                "question": {"type": "string", "description": "the question about each file (vqa, chat)"},
+                "conversation": {"type": "string", "description": "chat: instead of a question, the conversation "
+                                 "to answer as a JSON list of messages ({role, content} or LLaVA's {from, value}), "
+                                 "ending with the user's turn, one <image> per file"},
                 "labels": {"type": "string", "description": "candidate labels, comma- or newline-separated "
-                                                            "(classify: zero-shot over these instead)"},
+                                                            "(classify: zero-shot over these instead; detect: "
+                                                            "the classes to find)"},
                 "texts": {"type": "string", "description": "candidate texts, one per line (retrieve)"},
             },
             "required": ["file"]}},
@@ -54,9 +58,12 @@ _PREDICT_BODY: dict[str, Any] = {
                 "inputs": {"type": "array", "items": {
                     "type": "object",
                     "properties": {"file": {"type": "string", "description": "base64 of the file, or a data: URL"},
-                                   "name": {"type": "string"}, "question": {"type": "string"}}}},
+                                   "name": {"type": "string"}, "question": {"type": "string"},
+                                   "conversation": {"type": "array", "items": {"type": "object"}}}}},
                 "file": {"type": "string", "description": "one input: base64 of the file, or a data: URL"},
                 "question": {"type": "string"},
+                "conversation": {"type": "array", "items": {"type": "object"},
+                                 "description": "chat: the messages to answer, ending with the user's turn"},
                 "labels": {"type": "array", "items": {"type": "string"}},
                 "texts": {"type": "array", "items": {"type": "string"}},
             }}},
