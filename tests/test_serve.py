@@ -388,6 +388,26 @@ def test_chat_answers_a_question_or_a_conversation_about_the_image(tiny_llava, s
     assert expected["answer"], "the tiny model generates something to compare"
     assert conversation.status_code == 200 and conversation.json()["predictions"][0]["answer"] == expected["answer"]
 
+    # two questions of different lengths about images of different sizes, generated in one batch
+    other = _png((40, 28), (30, 30, 200))
+    jobs = [(image.read_bytes(), question), (other, "How many shapes are there in this picture?")]
+    with _client(service) as client:
+        single = [client.post("/predict", files={"file": ("a.png", data)}, data={"question": q}).json()
+                  for data, q in jobs]
+    answers: dict[int, dict] = {}
+    with _client(service, max_batch=2, batch_wait_ms=5000) as client:
+        def send(i: int) -> None:
+            data, q = jobs[i]
+            answers[i] = client.post("/predict", files={"file": ("a.png", data)}, data={"question": q}).json()
+
+        threads = [threading.Thread(target=send, args=(i,)) for i in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert client.app.state.batcher.batch_sizes == [2]
+    assert [answers[i]["predictions"] for i in range(2)] == [a["predictions"] for a in single]
+
 
 def test_audio_model_limits_clip_length(tiny_clap):
     service = Service.load(tiny_clap, task="classify", labels=["tone", "noise"],
