@@ -19,6 +19,7 @@ answer type: exact match and VQA accuracy for short answers, BLEU, ROUGE-L and C
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -170,9 +171,22 @@ class ChatTask(Task):
     # ---- training and inference --------------------------------------------------------------
 
     def loss(self, loaded: Loaded, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Mean token cross-entropy over this micro-batch's target tokens (the model's own loss)."""
+        """Mean token cross-entropy over this micro-batch's target tokens.
+
+        The output head runs only at the positions that predict a target in some conversation of the
+        batch (``logits_to_keep``), not at every image, system and user token: with a real vocabulary
+        (32-150 K) the full logits of a batch and their gradient take gigabytes, most of them for
+        positions the loss ignores. The model's own loss where its forward cannot keep positions."""
+        backbone = backbone_of(loaded.model)
         inputs = chat_io.model_inputs(batch)
-        return backbone_of(loaded.model)(**inputs, labels=batch["labels"]).loss
+        labels = batch["labels"]
+        targets = labels[:, 1:]  # the token each position predicts
+        keep = (targets != -100).any(dim=0).nonzero().squeeze(1)
+        if keep.numel() == 0 or not _keeps_logits(vl.hf_model(backbone)):
+            return backbone(**inputs, labels=labels).loss
+        logits = backbone(**inputs, logits_to_keep=keep).logits
+        kept = targets[:, keep].to(logits.device)
+        return nn.functional.cross_entropy(logits.float().flatten(0, 1), kept.flatten(), ignore_index=-100)
 
     def loss_weight(self, batch: dict[str, torch.Tensor]) -> float:
         """Target tokens in the micro-batch: the trainer weights its mean loss by them, so the step's
@@ -265,6 +279,20 @@ class ChatTask(Task):
         the same names); ``--components`` reaches the projector and vision tower."""
         backbone = unwrap(backbone_of(loaded.model))
         return chat_adapter(backbone).lora_pattern(backbone, [LANGUAGE])
+
+
+_KEEPS_LOGITS: dict[type, bool] = {}
+
+
+def _keeps_logits(model: nn.Module) -> bool:
+    """Whether the model's forward takes ``logits_to_keep`` (transformers' image-text models do since 4.50)
+    with positions on the inputs' device: not a model that ``--model.device-map`` spread over devices,
+    where the last hidden states may live elsewhere (its own loss moves what it needs)."""
+    cls = type(model)
+    if cls not in _KEEPS_LOGITS:
+        _KEEPS_LOGITS[cls] = "logits_to_keep" in inspect.signature(model.forward).parameters
+    placed = getattr(model, "hf_device_map", None) or {}
+    return _KEEPS_LOGITS[cls] and len({str(d) for d in placed.values()}) <= 1
 
 
 def perplexity(loss: float) -> float:
