@@ -43,8 +43,10 @@ def _item(index: int, sizes: tuple[tuple[int, int], ...], answer: str) -> tuple[
     question = "<image>" * len(sizes) + "\nWhat colour is the shape?" if sizes else "What is two plus three?"
     conversation = Conversation.of(("user", question), ("assistant", answer))
     names = image_names(len(sizes))
-    images = {name: Image.new("RGB", size, colours[(index + k) % len(colours)])
-              for k, (name, size) in enumerate(zip(names, sizes))}
+    images = {
+        name: Image.new("RGB", size, colours[(index + k) % len(colours)])
+        for k, (name, size) in enumerate(zip(names, sizes))
+    }
     row = Row(f"row{index}", values={"conversation": conversation}, media={n: Path(f"{n}.png") for n in names})
     return row, images
 
@@ -60,7 +62,7 @@ def _per_row_loss(loaded: Loaded, batch: dict[str, torch.Tensor]) -> torch.Tenso
 
 def _prompt_logits(loaded: Loaded, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Next-token logits at the end of each (left-padded) generation prompt."""
-    prompt = {k[len(chat_batch.GEN):]: v for k, v in batch.items() if k.startswith(chat_batch.GEN)}
+    prompt = {k[len(chat_batch.GEN) :]: v for k, v in batch.items() if k.startswith(chat_batch.GEN)}
     return loaded.model.backbone(**chat_batch.model_inputs(prompt)).logits[:, -1].float()
 
 
@@ -84,8 +86,10 @@ def test_mixed_aspect_ratios_batch_as_each_conversation_alone(arch, chat_model):
     torch.manual_seed(0)
     task = create_task("chat", max_new_tokens=2)
     loaded = task.load(chat_model[arch])
-    items = [_item(i, sizes, answer) for i, (sizes, answer) in
-             enumerate(zip(MIXED, ("red", "It is blue.", "green", "yellow and purple", "5")))]
+    items = [
+        _item(i, sizes, answer)
+        for i, (sizes, answer) in enumerate(zip(MIXED, ("red", "It is blue.", "green", "yellow and purple", "5")))
+    ]
     loaded.model.eval()
     with torch.no_grad():
         batch = task.collate(loaded, items)
@@ -98,8 +102,9 @@ def test_mixed_aspect_ratios_batch_as_each_conversation_alone(arch, chat_model):
         batched = _per_row_loss(loaded, batch)
         single = torch.cat([_per_row_loss(loaded, b) for b in alone])
         torch.testing.assert_close(batched, single, atol=1e-4, rtol=1e-4)
-        torch.testing.assert_close(_prompt_logits(loaded, batch),
-                                   torch.cat([_prompt_logits(loaded, b) for b in alone]), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(
+            _prompt_logits(loaded, batch), torch.cat([_prompt_logits(loaded, b) for b in alone]), atol=1e-4, rtol=1e-4
+        )
 
     loaded.model.train()
     train_batch = task.collate(loaded, items)
@@ -140,8 +145,7 @@ def test_lora_train_step_and_merged_model_generates_alike(arch, chat_model, tmp_
     assert any("lora_" in n for n in trainable)
     assert all("lora_" in n or "modules_to_save" in n for n in trainable), sorted(trainable)[:5]
     before = {n: p.detach().clone() for n, p in loaded.model.named_parameters()}
-    optimizer = torch.optim.AdamW([p for p in loaded.model.parameters() if p.requires_grad], lr=2e-2,
-                                  weight_decay=0.0)
+    optimizer = torch.optim.AdamW([p for p in loaded.model.parameters() if p.requires_grad], lr=2e-2, weight_decay=0.0)
     items = _lora_items(arch)
     loaded.model.train()
     batch = task.collate(loaded, items)
@@ -158,8 +162,9 @@ def test_lora_train_step_and_merged_model_generates_alike(arch, chat_model, tmp_
     assert any("lora_B" in n for n in changed)  # B starts at zero: the adapters now change the output
 
     loaded.model.eval()
-    ours = chat_batch.generate(loaded, task.collate(loaded, items), {"max_new_tokens": new_tokens,
-                                                                      "do_sample": False}, new_tokens)
+    ours = chat_batch.generate(
+        loaded, task.collate(loaded, items), {"max_new_tokens": new_tokens, "do_sample": False}, new_tokens
+    )
     export(task, loaded, tmp_path / "model")
     plain = AutoModelForImageTextToText.from_pretrained(tmp_path / "model").eval()
     assert not any("lora" in n for n, _ in plain.named_parameters())
@@ -169,6 +174,6 @@ def test_lora_train_step_and_merged_model_generates_alike(arch, chat_model, tmp_
         inputs = prompt_inputs(processor, row.get("conversation"), list(media.values()))
         with torch.no_grad():
             out = plain.generate(**inputs, do_sample=False, max_new_tokens=new_tokens, eos_token_id=ends)
-        new = out[0, inputs["input_ids"].shape[1]:].tolist()
+        new = out[0, inputs["input_ids"].shape[1] :].tolist()
         cut = next((i for i, t in enumerate(new) if t in ends), len(new))
         assert new[:cut] == [t for t in expected if t >= 0], (arch, new, expected)

@@ -170,9 +170,11 @@ _MAKERS: dict[str, Callable[[np.random.Generator, int], ChatSample]] = {
 
 
 def chat_samples(n: int, seed: int, *, image_size: int = 32, kinds: tuple[str, ...] = KINDS,
-                 system_rate: float = 0.25) -> list[ChatSample]:
+                 system_rate: float = 0.25, follow_ups: bool = True) -> list[ChatSample]:
     """``n`` conversations; conversation ``i`` depends on (seed, i) only, so the first k are the same
-    for any n >= k. ``kinds`` restricts the question kinds (the weights of those kept renormalised)."""
+    for any n >= k. ``kinds`` restricts the question kinds (the weights of those kept renormalised);
+    without ``follow_ups`` each conversation stops after its first answer (the same images and first
+    turn as with them: one question per image, what a model learns fastest)."""
     unknown = [k for k in kinds if k not in _MAKERS]
     if unknown:
         raise ValueError(f"unknown conversation kinds {unknown}; choose from {', '.join(KINDS)}")
@@ -183,6 +185,8 @@ def chat_samples(n: int, seed: int, *, image_size: int = 32, kinds: tuple[str, .
         rng = _stream(seed, "chat", str(i))
         kind = chosen[int(rng.choice(len(chosen), p=weights / weights.sum()))]
         sample = _MAKERS[kind](rng, image_size)
+        if not follow_ups:
+            sample.turns = sample.turns[:2]
         if rng.random() < system_rate:
             sample.system = _pick(rng, SYSTEM_PROMPTS)
         out.append(sample)
@@ -214,11 +218,11 @@ def _write_images(out_dir: Path, samples: list[ChatSample]) -> list[list[str]]:
 
 
 def write_llava_json(out_dir: Path, n: int, seed: int, *, image_size: int = 32, name: str = "chat.json",
-                     kinds: tuple[str, ...] = KINDS) -> Path:
+                     kinds: tuple[str, ...] = KINDS, follow_ups: bool = True) -> Path:
     """``out_dir/<name>`` in LLaVA's layout (``image`` for one image, ``images`` for several, none for
     text-only rows) and ``out_dir/images/``; returns the json path."""
     out_dir = Path(out_dir)
-    samples = chat_samples(n, seed, image_size=image_size, kinds=kinds)
+    samples = chat_samples(n, seed, image_size=image_size, kinds=kinds, follow_ups=follow_ups)
     records = []
     for i, (s, paths) in enumerate(zip(samples, _write_images(out_dir, samples))):
         roles = {"user": "human", "assistant": "gpt", "system": "system"}
@@ -248,11 +252,11 @@ def _parts(text: str) -> list[dict[str, str]]:
 
 
 def write_messages_jsonl(out_dir: Path, n: int, seed: int, *, image_size: int = 32, name: str = "chat.jsonl",
-                         kinds: tuple[str, ...] = KINDS) -> Path:
+                         kinds: tuple[str, ...] = KINDS, follow_ups: bool = True) -> Path:
     """``out_dir/<name>``: one ``{"messages", "images"}`` object per line, content as typed parts
     (system prompts and assistant answers as plain strings, as TRL's examples write them)."""
     out_dir = Path(out_dir)
-    samples = chat_samples(n, seed, image_size=image_size, kinds=kinds)
+    samples = chat_samples(n, seed, image_size=image_size, kinds=kinds, follow_ups=follow_ups)
     lines = []
     for s, paths in zip(samples, _write_images(out_dir, samples)):
         messages: list[dict[str, object]] = [{"role": "system", "content": s.system}] if s.system else []
