@@ -48,10 +48,30 @@ def test_launch_warning_names_the_single_process_launchers() -> None:
     assert distributed.launch_warning({}) is None
 
 
-def test_sharded_engines_are_refused_by_name() -> None:
-    assert "FSDP" in (distributed.unsupported_engine("FSDP") or "")
+def test_engines_other_than_fsdp2_are_refused_by_name(monkeypatch) -> None:
+    assert "--fsdp_version 2" in (distributed.unsupported_engine("FSDP", 1) or "")
+    assert distributed.unsupported_engine("FSDP", 2) is None
     assert "DEEPSPEED" in (distributed.unsupported_engine("DEEPSPEED") or "")
+    assert "MEGATRON_LM" in (distributed.unsupported_engine("MEGATRON_LM") or "")
     assert distributed.unsupported_engine("MULTI_CPU") is None and distributed.unsupported_engine("NO") is None
+
+    # On CPUs accelerate reports no engine for `accelerate launch --use_fsdp`: the launcher's environment says it.
+    class CpuAccelerator:
+        distributed_type = "NO"
+        state = object()
+
+    for name in ("ACCELERATE_USE_FSDP", "FSDP_VERSION", "FSDP_RESHARD_AFTER_FORWARD", "ACCELERATE_USE_DEEPSPEED"):
+        monkeypatch.delenv(name, raising=False)
+    assert distributed.engine(CpuAccelerator()) == ("NO", None) and distributed.fsdp_settings(CpuAccelerator()) is None
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    assert distributed.engine(CpuAccelerator()) == ("FSDP", 1)  # accelerate's default version
+    monkeypatch.setenv("FSDP_VERSION", "2")
+    monkeypatch.setenv("FSDP_RESHARD_AFTER_FORWARD", "false")
+    assert distributed.engine(CpuAccelerator()) == ("FSDP", 2)
+    assert distributed.fsdp_settings(CpuAccelerator()) == {"reshard_after_forward": False}
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "false")
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    assert distributed.engine(CpuAccelerator()) == ("DEEPSPEED", None)
 
 
 # ---- a real 2-process run ---------------------------------------------------------------------
@@ -70,8 +90,10 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _launch(args: list[str], **env: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch", "--multi_gpu",
+def _launch(args: list[str], launch: tuple[str, ...] = ("--multi_gpu",), **env: str) -> subprocess.CompletedProcess:
+    """``accelerate launch`` with 2 processes; ``launch`` picks the engine (``--use_fsdp`` replaces
+    ``--multi_gpu``: accelerate takes one of them)."""
+    cmd = [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch", *launch,
            "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            "--main_process_port", str(_free_port()), "-m", "modaltune", *args]
     return subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1", **env}, capture_output=True, text=True,

@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from modaltune.errors import ModaltuneError
+from modaltune.trainer import distributed
 
 MANIFEST = "manifest.json"
 PREFIX = "step-"
@@ -152,15 +153,19 @@ def save_checkpoint(
     scheduler: Any,
     state: TrainerState,
     rngs: Sequence[dict[str, Any]] | None = None,
+    weights: dict[str, torch.Tensor] | None = None,
+    optimizer_state: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``step-N`` atomically. ``rngs`` are the RNG states of every process by rank (this
-    process's own when None): rank 0's is ``rng``, rank r's ``rng-r``."""
+    process's own when None): rank 0's is ``rng``, rank r's ``rng-r``. ``weights`` and
+    ``optimizer_state``, when given, replace the model's and optimizer's own (a sharded model's,
+    gathered whole)."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{PREFIX}{state.step:08d}"
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
     try:
-        save_file(trainable_state(model), str(tmp / "model.safetensors"))
-        save_tree(optimizer.state_dict(), tmp, "optimizer")
+        save_file(trainable_state(model) if weights is None else weights, str(tmp / "model.safetensors"))
+        save_tree(optimizer.state_dict() if optimizer_state is None else optimizer_state, tmp, "optimizer")
         save_tree(scheduler.state_dict(), tmp, "scheduler")
         for rank, rng in enumerate(rngs if rngs is not None else [rng_state()]):
             save_tree(rng, tmp, _rng_name(rank))
@@ -232,8 +237,8 @@ def load_checkpoint(
         )
     with torch.no_grad():
         for name, tensor in weights.items():
-            params[name].copy_(tensor)
-    optimizer.load_state_dict(load_tree(directory, "optimizer"))
+            distributed.copy_into(params[name], tensor)  # a sharded parameter takes its shard
+    optimizer.load_state_dict(distributed.local_optimizer_state(load_tree(directory, "optimizer"), optimizer))
     scheduler.load_state_dict(load_tree(directory, "scheduler"))
     name = _rng_name(rank)
     set_rng_state(load_tree(directory, name if (directory / f"{name}.json").is_file() else "rng"))

@@ -15,6 +15,12 @@ A loss that couples the examples of a batch (retrieve's contrastive loss) sees e
 only, as in open_clip without ``--gather-with-grad``.
 
 Only the main process writes (run directory, history, checkpoints, report); the others read.
+
+With ``accelerate launch --use_fsdp --fsdp_version 2`` the model is sharded instead (`Sharded`,
+torch's FSDP2 ``fully_shard``): the same plan, shares and loss weights, but FSDP gathers each
+block's parameters in its forward and reduce-scatters (sums) its gradients in backward. Every
+process then runs every forward (evaluation too), and checkpoints hold the weights and optimizer
+state gathered whole, in the single-process format.
 """
 
 from __future__ import annotations
@@ -168,11 +174,212 @@ def launch_warning(env: dict[str, str] | None = None) -> str | None:
             "(on CPUs it runs N gloo processes); this run goes on in one process.")
 
 
-def unsupported_engine(distributed_type: Any) -> str | None:
-    """Why an Accelerate engine that shards the model (FSDP, DeepSpeed, Megatron) cannot run a fit."""
+def unsupported_engine(distributed_type: Any, fsdp_version: int | None = None) -> str | None:
+    """Why an Accelerate engine cannot run a fit: FSDP other than version 2, DeepSpeed, Megatron."""
     name = str(getattr(distributed_type, "value", distributed_type)).upper()
-    if name in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
-        return (f"accelerate is configured for {name}, which shards the model; modaltune trains data-parallel "
-                "(each process holds the whole model, gradients are summed after each step). Use a plain "
-                "multi-GPU config: accelerate launch --multi_gpu --num_processes N -m modaltune train ...")
+    if name == "FSDP" and fsdp_version != 2:
+        return (f"accelerate is configured for FSDP version {fsdp_version}; modaltune shards the model with "
+                "FSDP2 (torch's fully_shard) only. Pass --fsdp_version 2 (or fsdp_version: 2 in the accelerate "
+                "config): accelerate launch --use_fsdp --fsdp_version 2 --num_processes N "
+                "-m modaltune train ...")
+    if name in ("DEEPSPEED", "MEGATRON_LM"):
+        return (f"accelerate is configured for {name}, which modaltune does not run: its training loop (gradient "
+                "accumulation, checkpoints, tasks calling model methods rather than one forward) is not wired to "
+                "DeepSpeed's engine. Use FSDP2 to shard the model "
+                "(accelerate launch --use_fsdp --fsdp_version 2 --num_processes N -m modaltune train "
+                "...) or plain data parallelism (accelerate launch --multi_gpu --num_processes N ...)")
     return None
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").lower() in ("1", "true", "yes")
+
+
+def engine(accelerator: Any) -> tuple[str, int | None]:
+    """The engine the run was launched for, and its FSDP version.
+
+    On CPUs Accelerate never reports FSDP (it picks FSDP only for GPU-like devices) although
+    ``accelerate launch --use_fsdp`` starts the processes, sets up the gloo group and says
+    ``ACCELERATE_USE_FSDP`` in the environment: that is read here too, so FSDP runs on CPUs as it
+    does on GPUs.
+    """
+    name = str(getattr(accelerator.distributed_type, "value", accelerator.distributed_type)).upper()
+    plugin = getattr(accelerator.state, "fsdp_plugin", None)
+    if name == "FSDP" and plugin is not None:
+        return name, int(plugin.fsdp_version)
+    if _env_flag("ACCELERATE_USE_FSDP"):
+        return "FSDP", int(os.environ.get("FSDP_VERSION", "1"))
+    if _env_flag("ACCELERATE_USE_DEEPSPEED"):
+        return "DEEPSPEED", None
+    if _env_flag("ACCELERATE_USE_MEGATRON_LM"):
+        return "MEGATRON_LM", None
+    return name, None
+
+
+def fsdp_settings(accelerator: Any) -> dict[str, Any] | None:
+    """The FSDP2 options the run was launched with (Accelerate's plugin, or the launcher's
+    environment on CPUs), or None when it was not launched for FSDP."""
+    name, _ = engine(accelerator)
+    if name != "FSDP":
+        return None
+    plugin = getattr(accelerator.state, "fsdp_plugin", None)
+    if plugin is not None:
+        return {"reshard_after_forward": bool(plugin.reshard_after_forward)}
+    return {"reshard_after_forward": os.environ.get("FSDP_RESHARD_AFTER_FORWARD", "true").lower() == "true"}
+
+
+class _Root(nn.Module):
+    """The outermost FSDP unit. Tasks call their model through its own methods
+    (``get_image_features``, ``generate``), never one ``forward``; FSDP gathers the parameters of a
+    unit in that unit's forward, so whatever touches the model runs inside this forward."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, fn: Any, *args: Any) -> Any:
+        return fn(*args)
+
+
+class Sharded:
+    """A copy of ``model`` sharded across the processes with FSDP2 (``fully_shard``): one unit per
+    transformer block (``blocks``, found by the task), one for everything else. Scalars (CLIP's logit
+    scale), which fully_shard cannot shard, stay whole on every process and have their gradients
+    summed like plain data parallelism's.
+
+    Gradients are summed across processes, never averaged, as `all_reduce_grads` does: the loop
+    weights each process's loss by its share of the micro-batch. The plain ``model`` is left as it
+    was (on its device, unsharded) and receives the trained weights at the end (`copy_to`).
+    """
+
+    def __init__(self, model: nn.Module, blocks: Iterable[nn.Module], device: torch.device, *,
+                 reshard_after_forward: bool = True) -> None:
+        import copy
+
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        names = {id(module): name for name, module in model.named_modules()}
+        self.model = copy.deepcopy(model)
+        self.root = _Root(self.model)
+        mesh = init_device_mesh(device.type, (processes().world,))
+        ignored = {p for p in self.model.parameters() if p.ndim == 0}
+        units = [self.model.get_submodule(names[id(block)]) for block in blocks]
+        for param in ignored:  # fully_shard moves the parameters it shards only
+            param.data = param.data.to(device)
+        for unit in [*units, self.root]:
+            fully_shard(unit, mesh=mesh, reshard_after_forward=reshard_after_forward,
+                        ignored_params=ignored or None)
+            # A sum (gloo has no averaging reduce-scatter; the loop's loss weights expect a sum).
+            unit.set_gradient_divide_factor(1.0)  # type: ignore[operator]
+            unit.set_force_sum_reduction_for_comms(True)  # type: ignore[operator]
+        self.replicated = [p for p in self.model.parameters() if p in ignored and p.requires_grad]
+
+    def run(self, fn: Any, *args: Any) -> Any:
+        """``fn(*args)`` with the sharded model's parameters gathered as it calls them; every process
+        must run the same calls in the same order."""
+        return self.root(fn, *args)
+
+    def reshard(self) -> None:
+        """Free every gathered parameter (after an evaluation, which has no backward to do it)."""
+        from torch.distributed.fsdp import FSDPModule
+
+        for module in self.root.modules():
+            if isinstance(module, FSDPModule):
+                module.reshard()
+
+    def full_trainable(self) -> dict[str, torch.Tensor]:
+        """Every trainable parameter whole, on the CPU, by the plain model's names (what a
+        single-process checkpoint holds); every process must call it."""
+        self.reshard()
+        return {name: _whole(p).cpu().contiguous() for name, p in self.model.named_parameters() if p.requires_grad}
+
+    def copy_to(self, model: nn.Module) -> None:
+        """Put the trained weights into ``model``, the plain (unsharded) original; every process
+        must call it."""
+        self.reshard()
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, param in self.model.named_parameters():
+                params[name].copy_(_whole(param))
+            buffers = dict(model.named_buffers())
+            for name, buffer in self.model.named_buffers():
+                buffers[name].copy_(buffer)
+
+
+def _is_dtensor(tensor: Any) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(tensor, DTensor)
+
+
+def _whole(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of a sharded one (a collective: every process must ask), else itself."""
+    return tensor.detach().full_tensor() if _is_dtensor(tensor) else tensor.detach()  # type: ignore[attr-defined]
+
+
+def copy_into(param: torch.Tensor, whole: torch.Tensor) -> None:
+    """``param.copy_(whole)`` for a plain or a sharded parameter (then this process's shard of
+    ``whole``; every process must call it in the same order)."""
+    if _is_dtensor(param):
+        from torch.distributed.tensor import distribute_tensor
+
+        dparam: Any = param
+        param.copy_(distribute_tensor(whole.to(dparam.to_local().device, dparam.dtype), dparam.device_mesh,
+                                      dparam.placements))
+    else:
+        param.copy_(whole)
+
+
+def full_optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """``optimizer.state_dict()`` with each sharded state tensor whole, on the CPU: the format of a
+    single-process optimizer, so a checkpoint resumes on any number of processes, sharded or not.
+    Every process must call it."""
+    state = optimizer.state_dict()
+    state["state"] = {key: {name: _whole(value).cpu() if _is_dtensor(value) else value
+                            for name, value in per_param.items()}
+                      for key, per_param in state["state"].items()}
+    return state
+
+
+def local_optimizer_state(state: dict[str, Any], optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """A whole (single-process format) optimizer state with each tensor of a sharded parameter cut
+    to this process's shard; every process must call it."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    if not any(_is_dtensor(p) for p in params):
+        return state
+    from torch.distributed.tensor import distribute_tensor
+
+    out = dict(state)
+    out["state"] = {}
+    for key, per_param in state["state"].items():
+        param: Any = params[int(key)]
+        out["state"][key] = {
+            name: distribute_tensor(value.to(param.to_local().device), param.device_mesh, param.placements)
+            if _is_dtensor(param) and isinstance(value, torch.Tensor) and value.shape == param.shape else value
+            for name, value in per_param.items()}
+    return out
+
+
+def clip_grad_norm(params: Sequence[torch.Tensor], max_norm: float) -> float:
+    """``torch.nn.utils.clip_grad_norm_`` over sharded and whole gradients together: each sharded
+    gradient's squares are summed across processes, whole ones (already summed) counted once."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return 0.0
+    sharded = [g.to_local() for g in grads if _is_dtensor(g)]  # type: ignore[attr-defined]
+    whole = [g for g in grads if not _is_dtensor(g)]
+    device = (sharded or whole)[0].device
+    squares = torch.zeros((), dtype=torch.float32, device=device)
+    for grad in sharded:
+        squares += grad.float().pow(2).sum()
+    if processes().several:
+        torch.distributed.all_reduce(squares)
+    for grad in whole:
+        squares += grad.float().pow(2).sum()
+    total = squares.sqrt()
+    coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    with torch.no_grad():
+        for grad in grads:
+            grad.mul_(float(coef))
+    return float(total)

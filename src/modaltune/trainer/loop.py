@@ -118,10 +118,15 @@ def fit(
     started = time.perf_counter()
     accelerator = make_accelerator(cfg.optim.precision)
     procs = distributed.processes()
-    engine_problem = distributed.unsupported_engine(accelerator.distributed_type)
+    engine_problem = distributed.unsupported_engine(*distributed.engine(accelerator))
     if engine_problem:
         raise ConfigError(engine_problem)
-    model = loaded.model.to(accelerator.device)
+    fsdp = distributed.fsdp_settings(accelerator)
+    if fsdp is not None and (replay is not None or (anchor is not None and cfg.transfer.l2sp)):
+        raise ConfigError("rehearsal (--replay) and --l2sp are not supported with FSDP yet: they read the "
+                          "model outside its sharded forward. Run them data-parallel (--multi_gpu without --use_fsdp)")
+    # Under FSDP the plain model stays where it was loaded (the host) while its sharded copy trains.
+    model = loaded.model if fsdp is not None else loaded.model.to(accelerator.device)
     model.train()
     _speed_options(cfg, task, loaded)
 
@@ -140,7 +145,9 @@ def fit(
     if cfg.data.balance == "oversample":
         weights = oversample_weights([row.label for row in train_rows])
     with accelerator.main_process_first():  # one process fills the on-disk cache, the others read it
-        cached = _feature_cache(cfg, task, loaded, train_rows, val_rows, replay, accelerator.device)
+        # Not under FSDP: the cached split's head would be the plain model's, not the sharded one's.
+        cached = None if fsdp is not None else _feature_cache(cfg, task, loaded, train_rows, val_rows, replay,
+                                                              accelerator.device)
     target_data = cached.train if cached else MediaDataset(train_rows, augment=cfg.data.augment,
                                                          seed=cfg.runtime.seed,
                                                          media_options=loaded.media_options)
@@ -175,6 +182,11 @@ def fit(
                 logged[term.name] = float(value.detach())
         return total, logged
 
+    plain, sharded = model, None
+    if fsdp is not None:  # the tasks' losses read loaded.model: the sharded copy while fitting
+        sharded = distributed.Sharded(model, [b for bs in task.blocks(loaded).values() for b in bs],
+                                      accelerator.device, **fsdp)
+        model = loaded.model = sharded.model
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, total_steps)
     state = ckpt.TrainerState()
@@ -201,7 +213,7 @@ def fit(
     eval_every = cfg.schedule.eval_every or per_epoch
     save_every = cfg.schedule.save_every or per_epoch
     hooks = [*default_callbacks(cfg.schedule.early_stopping, progress,
-                                restore_best=RestoreBest(run.checkpoints, model)), *callbacks]
+                                restore_best=RestoreBest(run.checkpoints, plain)), *callbacks]
     event = Event(state, total_steps)
 
     def log(entry: dict[str, Any]) -> None:
@@ -212,10 +224,12 @@ def fit(
     def checkpoint() -> None:
         # Every process's RNG (its dropout draws) goes into the main process's checkpoint.
         rngs = distributed.gather(ckpt.rng_state()) if procs.several else None
+        # Under FSDP every process gathers the whole weights and optimizer state with the others.
+        whole = (sharded.full_trainable(), distributed.full_optimizer_state(optimizer)) if sharded else (None, None)
         if not procs.main:
             return
         ckpt.save_checkpoint(run.checkpoints, model=model, optimizer=optimizer, scheduler=scheduler, state=state,
-                             rngs=rngs)
+                             rngs=rngs, weights=whole[0], optimizer_state=whole[1])
         protect = {state.best_step} if state.best_step is not None else set()
         ckpt.prune(run.checkpoints, keep_last=cfg.runtime.keep_last, protect=protect)
 
@@ -224,7 +238,10 @@ def fit(
         if not val_rows:
             return
         metrics: dict[str, Any] = {}
-        if procs.main:  # the others wait for its metrics below
+        if sharded is not None:  # every process runs the same forwards: they gather the parameters together
+            metrics = sharded.run(validation_metrics)
+            sharded.reshard()
+        elif procs.main:  # the others wait for its metrics below
             metrics = validation_metrics()
         metrics = distributed.broadcast(metrics)
         score = float(metrics[task.primary_metric])
@@ -258,30 +275,40 @@ def fit(
             pending = groups[state.group_in_epoch:]
             # This process's share of each micro-batch (all of it when it is the only process).
             mine = [[distributed.shard(micro, procs) for micro in group] for group in pending]
-            batches = loader(dataset, [keys for g in mine for keys in g if keys], collate, workers=cfg.num_workers)
-            for group, group_keys in zip(pending, mine):
+            # Under FSDP a process whose share is empty still runs the forward and backward (their
+            # collectives need every process) on the micro-batch's first row, with a zero weight.
+            loads = [[keys or (micro[:1] if sharded else keys) for micro, keys in zip(g, gk)]
+                     for g, gk in zip(pending, mine)]
+            batches = loader(dataset, [keys for g in loads for keys in g if keys], collate, workers=cfg.num_workers)
+            for group, group_keys, group_loads in zip(pending, mine, loads):
                 # -- one optimizer step over the micro-batches of this group --
                 losses, finite, logged = [], True, []
                 shares: list[tuple[int, float, int, dict[str, float]]] = []  # (micro, loss, rows, parts)
                 # Fetched first: a task whose loss is a mean over a varying number of items (a chat
                 # model's target tokens) weighs each micro-batch by its items over the step's total.
-                fetched = [next(batches) if keys else None for keys in group_keys]
+                fetched = [next(batches) if keys else None for keys in group_loads]
                 # decided by the task's type, so every process takes the same path
                 weighed = getattr(type(task), "loss_weight", Task.loss_weight) is not Task.loss_weight
-                items = [task.loss_weight(b["target"]) if weighed and b is not None else None for b in fetched]
+                items = [task.loss_weight(b["target"]) if weighed and b is not None and keys else None
+                         for b, keys in zip(fetched, group_keys)]
                 step_items = float(sum(w or 0.0 for w in items))
                 if weighed and procs.several:
                     step_items = float(sum(distributed.gather(step_items)))
                 item_weights: list[float] = []
                 for m, (micro, keys) in enumerate(zip(group, group_keys)):
-                    if not keys:
+                    if not keys and sharded is None:
                         continue  # every row of this micro-batch went to other processes
                     fetched_batch = fetched[m]
                     assert fetched_batch is not None  # fetched for every micro-batch with rows here
                     batch = {part: {k: v.to(accelerator.device) for k, v in tensors.items()}
                              for part, tensors in fetched_batch.items()}
                     with accelerator.autocast():
-                        loss, parts = micro_batch_loss(batch)
+                        loss, parts = sharded.run(micro_batch_loss, batch) if sharded else \
+                            micro_batch_loss(batch)
+                    if sharded is not None and (not keys or not torch.isfinite(loss)):
+                        finite = finite and bool(torch.isfinite(loss)) if keys else finite
+                        accelerator.backward(loss * 0.0)  # the others' gradient collectives need this one
+                        continue
                     if not torch.isfinite(loss):
                         finite = False
                         continue
@@ -305,10 +332,11 @@ def fit(
                 if procs.several:
                     finite, losses, logged = _across_processes(finite, shares)
                     if finite:
-                        distributed.all_reduce_grads(trainable)
+                        distributed.all_reduce_grads(sharded.replicated if sharded else trainable)
                 grad_norm = None
                 if finite and cfg.optim.max_grad_norm is not None:
-                    grad_norm = float(accelerator.clip_grad_norm_(trainable, cfg.optim.max_grad_norm))
+                    grad_norm = (distributed.clip_grad_norm(trainable, cfg.optim.max_grad_norm) if sharded else
+                                 float(accelerator.clip_grad_norm_(trainable, cfg.optim.max_grad_norm)))
                     finite = math.isfinite(grad_norm)
                 if finite:
                     optimizer.step()
@@ -355,8 +383,12 @@ def fit(
     try:
         with _flush_denormals(accelerator.device):
             run_steps()
+        if sharded is not None:
+            sharded.copy_to(plain)
+            plain.to(accelerator.device)
         event.finished = True
     finally:
+        loaded.model = plain
         for hook in hooks:
             hook.on_fit_end(event)
     return FitResult(state=state, seconds=time.perf_counter() - started, stopped_early=event.stop,
