@@ -1,6 +1,7 @@
 """Detection training speed, side by side in one run (issue 16, point 8).
 
-    .venv/bin/python benchmarks/bench_detect.py [--steps 20] [--batch 4] [--rounds 5] [--threads 1] [--quick]
+    .venv/bin/python benchmarks/bench_detect.py [--part trainer|cache|both] [--steps 20] [--batch 4] [--rounds 5]
+        [--threads 1] [--quick]
 
 Full fine-tuning samples/s of a random Grounding DINO (Swin + BERT + fusion encoder + decoder,
 built offline from its config, hidden 128, 128 px scenes, 100 queries) on synthetic COCO scenes:
@@ -10,17 +11,19 @@ clipping at 1.0, fp32, no dataloader workers, and collate (modaltune's ``detect`
 handed to the model as ``labels`` so both minimise Grounding DINO's own loss). Both decode the images
 per step (Trainer reads the same lazily decoding dataset), and both run with subnormal floats flushed
 (modaltune's loop does it on CPU; Trainer does not, so it is set around ``trainer.train()``: the same
-arithmetic on both sides). Rates are measured between the end of the warm-up steps and the last step
-by each side's own step clock; modaltune's validation and checkpoint come after its last step and are
-outside the span. Rounds alternate which side runs first (the machine's load drifts, and the second
-run of a process finds warm caches), and each round's ratio is printed with the median.
+arithmetic on both sides). Rates are measured between the end of the warm-up steps and the last step,
+at each side's step-end hook (modaltune's progress callback, a Trainer callback), in wall time and in
+this process's CPU time (less moved by other processes on a shared machine); modaltune's validation
+and checkpoint come after its last step and are outside the span. Rounds alternate which side runs
+first (the machine's load drifts, and the second run of a process finds warm caches), and each
+round's ratio is printed with the median.
 
 The frozen-feature cache does not apply to Grounding DINO (``DetectTask.cache_split`` returns None
 for it): every strategy that trains anything of it trains something the prompt's text features flow
 through, so nothing per image above the frozen Swin could be cached without caching the Swin's
 multi-scale maps (several tensors of varying size per image; the cache holds one per example).
-OWLv2's linear probe trains heads over the frozen image tower and frozen text queries, so ``--cache``
-times an OWLv2 linear-probe epoch with the cache against one without.
+OWLv2's linear probe trains heads over the frozen image tower and frozen text queries, so ``--part
+cache`` times an OWLv2 linear-probe epoch with the cache against one without (a ViT-S/16-like tower).
 """
 
 from __future__ import annotations
@@ -44,8 +47,31 @@ WARMUP = 3
 
 
 def _rate(times: list[float], batch: int) -> float:
-    span = times[-1] - times[WARMUP - 1]
-    return (len(times) - WARMUP) * batch / span
+    return (len(times) - WARMUP) * batch / (times[-1] - times[WARMUP - 1])
+
+
+class StepClock:
+    """Wall and CPU time (this process's, all its threads) at the end of each optimizer step: the
+    CPU rate is less moved by other processes sharing the cores than the wall rate."""
+
+    def __init__(self) -> None:
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
+
+    def tick(self) -> None:
+        self.wall.append(time.perf_counter())
+        self.cpu.append(time.process_time())
+
+    # modaltune's progress protocol (``train(progress=...)``): advance is called after each step
+    def start(self, total: int, done: int) -> None: ...
+
+    def advance(self, step: int, loss: float) -> None:
+        self.tick()
+
+    def stop(self) -> None: ...
+
+    def rates(self, batch: int) -> tuple[float, float]:
+        return _rate(self.wall, batch), _rate(self.cpu, batch)
 
 
 def _load() -> str:
@@ -67,7 +93,7 @@ def build(root: Path, quick: bool) -> tuple[Path, Path, Path]:
     return model, train.coco, val.coco
 
 
-def run_modaltune(model: Path, data: Path, val: Path, out: Path, steps: int, batch: int) -> float:
+def run_modaltune(model: Path, data: Path, val: Path, out: Path, steps: int, batch: int) -> tuple[float, float]:
     from modaltune.api import train
     from modaltune.config import build_config
 
@@ -76,12 +102,12 @@ def run_modaltune(model: Path, data: Path, val: Path, out: Path, steps: int, bat
                        strategy="full", epochs=1, max_steps=steps, batch_size=batch, lr=LR, warmup_ratio=0.0,
                        schedule="cosine", weight_decay=0.01, max_grad_norm=1.0, precision="fp32", workers=0,
                        keep_last=1, zero_shot_baseline=False)
-    train(cfg)
-    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
-    return _rate([h["elapsed"] for h in history if h["kind"] == "step"], batch)
+    clock = StepClock()
+    train(cfg, progress=clock)
+    return clock.rates(batch)
 
 
-def run_hf_trainer(model_dir: Path, data: Path, out: Path, steps: int, batch: int) -> float:
+def run_hf_trainer(model_dir: Path, data: Path, out: Path, steps: int, batch: int) -> tuple[float, float]:
     """HF Trainer over the same rows, with modaltune's collate turned into the model's own inputs."""
     from transformers import AutoModelForZeroShotObjectDetection, Trainer, TrainerCallback, TrainingArguments
 
@@ -89,11 +115,11 @@ def run_hf_trainer(model_dir: Path, data: Path, out: Path, steps: int, batch: in
     from modaltune.tasks.base import create_task, task_class
     from modaltune.trainer.batches import MediaDataset
 
-    times: list[float] = []
+    clock = StepClock()
 
     class Clock(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
-            times.append(time.perf_counter())
+            clock.tick()
 
     cls = task_class("detect")
     rows, _ = load_dataset(str(data), require=cls.fields)
@@ -124,7 +150,7 @@ def run_hf_trainer(model_dir: Path, data: Path, out: Path, steps: int, batch: in
     finally:
         if flushed:
             torch.set_flush_denormal(False)
-    return _rate(times, batch)
+    return clock.rates(batch)
 
 
 def build_owl_probe(root: Path, quick: bool) -> tuple[Path, Path, Path]:
@@ -214,21 +240,24 @@ def main() -> None:
     if args.part == "cache":
         return
     model, data, val = build(root, args.quick)
-    ours, theirs, ratios = [], [], []
+    ours, theirs, ratios, step_ratios = [], [], [], []
     for r in range(rounds):
         load_before = _load()
         sides = ["hf", "modaltune"] if r % 2 else ["modaltune", "hf"]
         rates = {side: run_modaltune(model, data, val, root / f"run-{r}", steps, args.batch) if side == "modaltune"
                  else run_hf_trainer(model, data, root / f"hf-{r}", steps, args.batch) for side in sides}
-        ours.append(rates["modaltune"])
-        theirs.append(rates["hf"])
+        ours.append(rates["modaltune"][0])
+        theirs.append(rates["hf"][0])
         ratios.append(ours[-1] / theirs[-1])
+        step_ratios.append(rates["modaltune"][1] / rates["hf"][1])
         print(f"round {r + 1} ({sides[0]} first; load {load_before} -> {_load()}): modaltune {ours[-1]:.3f} "
-              f"samples/s, HF Trainer {theirs[-1]:.3f} samples/s, ratio {ratios[-1]:.3f}", flush=True)
+              f"samples/s, HF Trainer {theirs[-1]:.3f} samples/s, ratio {ratios[-1]:.3f} (CPU time: "
+              f"{rates['modaltune'][1]:.3f} vs {rates['hf'][1]:.3f}, ratio {step_ratios[-1]:.3f})", flush=True)
     print(f"machine: {machine()}; torch threads {torch.get_num_threads()}")
     print(f"Grounding DINO full fine-tuning, batch {args.batch}, {steps} steps ({WARMUP} warm-up), {rounds} rounds: "
           f"median modaltune {statistics.median(ours):.3f} samples/s, HF Trainer {statistics.median(theirs):.3f} "
-          f"samples/s, median ratio {statistics.median(ratios):.3f}")
+          f"samples/s, median ratio {statistics.median(ratios):.3f} (CPU time: "
+          f"{statistics.median(step_ratios):.3f})")
 
 
 if __name__ == "__main__":
