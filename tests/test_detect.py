@@ -199,7 +199,6 @@ def test_zero_shot_predict_on_a_base_model_with_labels(tiny_grounding_dino, dete
     assert len(line["boxes"]) == 5 and set(line["labels"]) <= {"circle", "blue square"}
 
 
-@pytest.mark.slow
 def test_strategy_auto_through_the_cli_records_the_advice(tiny_grounding_dino, detect_scenes, tmp_path, run_cli):
     """`modaltune train --task detect --strategy auto`: the advisor measures the shift with COCO mAP
     (a random model finds nothing: far), trains what it picked, and the run records it."""
@@ -250,7 +249,6 @@ def _probe(model: Path, data: Path, out: Path, **options):
         cache_dir=str(out.parent / "features"), **options))
 
 
-@pytest.mark.slow
 def test_owl_linear_probe_trains_the_same_from_the_feature_cache(tiny_owlv2, detect_scenes, tmp_path):
     from safetensors.torch import load_file
 
