@@ -200,3 +200,17 @@ def test_base_key_follows_the_code_not_its_annotations_comments_or_docstrings():
     assert _source_hash(tiny_clip.__file__) == _KEYED_AS[code_fingerprint(Path(tiny_clip.__file__).read_text())]
     assert _source_hash(tiny_clip.__file__) == "4a3b90e6045828ba30788b09b3e486a8f948061b8d92545faab94e9c64e1c27b"
     assert _source_hash(synthetic.__file__) == "049ac577c44b42d1d7bea5e0860e17339cc6317a931846aabc709f4adc4fb8c4"
+
+
+def test_the_demo_pretrains_its_own_base_and_the_transfer_benchmark_keeps_the_recorded_one():
+    from dataclasses import replace
+
+    from modaltune.cli import load_benchmark
+    from modaltune.testing.demo.clip import FULL_BASE, base_key
+
+    pinned = load_benchmark("bench_transfer", "bench-transfer").bench_base()
+    # Every number of the transfer benchmark belongs to the 48px base; the demo's is the same CLIP on 32px
+    # images (a third of the pretraining time), so it is cached under another key and never replaces it.
+    assert (pinned.image_size, FULL_BASE.image_size) == (48, 32)
+    assert replace(pinned, image_size=32) == FULL_BASE
+    assert base_key(pinned) != base_key(FULL_BASE)
