@@ -100,6 +100,30 @@ def _launch(args: list[str], launch: tuple[str, ...] = ("--multi_gpu",), **env: 
                           timeout=400)
 
 
+def _launch_script(script: Path) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch", "--multi_gpu", "--num_processes",
+           "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+           str(_free_port()), str(script)]
+    return subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=200)
+
+
+def test_every_process_leaves_its_group_before_exiting(tmp_path) -> None:
+    # The main process still scores and writes the run when the others are done; a process that exits
+    # with a live gloo group aborts now and then (std::terminate), failing the whole launch. This script's
+    # own exit hook is registered before the group exists, so it runs after modaltune's.
+    script = tmp_path / "leave.py"
+    script.write_text(
+        "import atexit, torch\n"
+        "from modaltune.trainer import distributed\n"
+        "atexit.register(lambda: print('group live at exit:', torch.distributed.is_initialized(), flush=True))\n"
+        "print('world', distributed.processes().world, flush=True)\n")
+    done = _launch_script(script)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("world 2") == 2, done.stdout
+    assert done.stdout.count("group live at exit: False") == 2, done.stdout
+
+
 def _weights(run: Path) -> dict[str, torch.Tensor]:
     tensors = load_file(str(run / "model" / "model.safetensors"))
     tensors.update({f"head.{k}": v for k, v in load_file(str(run / "model" / "classifier.safetensors")).items()})
