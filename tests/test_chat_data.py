@@ -175,6 +175,19 @@ def test_image_tokens_come_from_the_processor(arch, expected, processors):
     assert counts == expected
 
 
+def test_tokens_added_after_the_vocabulary_was_read_are_seen(chat_model, images):
+    """The vocabulary is read once per tokenizer, not per conversation, and read again when tokens
+    are added: a tile tag added after a first encode is an image token, never a target."""
+    processor = load_processor(chat_model["idefics3"])  # its own copy: the shared one keeps its vocabulary
+    tag = "<row_9_col_9>"
+    conv = Conversation.of(("user", "<image>What?"), ("assistant", f"red {tag}"))
+    encode(processor, conv, images[:1], max_length=None)
+    processor.tokenizer.add_tokens([tag], special_tokens=True)
+    out = encode(processor, conv, images[:1], max_length=None, train_on_prompt=True)
+    at = out["input_ids"][0] == processor.tokenizer.convert_tokens_to_ids(tag)
+    assert int(at.sum()) == 1 and int(out["labels"][0][at]) == -100
+
+
 @pytest.mark.parametrize("arch", ["llava", "qwen2_vl", "paligemma"])
 def test_too_long_is_dropped_or_cut_in_the_last_answer_never_in_image_tokens(arch, processors, images):
     processor = processors[arch]

@@ -42,7 +42,9 @@ from __future__ import annotations
 
 import bisect
 import inspect
+import weakref
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -174,17 +176,37 @@ def _call(processor: Any, text: str, images: Sequence[Any], **kwargs: Any) -> di
     return dict(out)
 
 
+@dataclass(frozen=True)
+class _Vocab:
+    size: int  # len(tokenizer) when read: tokens added since then make it stale
+    ids: dict[str, int]
+    tile_tags: frozenset[int]  # Idefics3's <row_i_col_j>, found by scanning the whole vocabulary
+
+
+_VOCABS: weakref.WeakKeyDictionary[Any, _Vocab] = weakref.WeakKeyDictionary()
+
+
+def _vocab(tokenizer: Any) -> _Vocab:
+    """The tokenizer's vocabulary, read once per tokenizer rather than per conversation: ``get_vocab``
+    builds a fresh dict of every token (~12 % of a chat collate when called for each conversation)."""
+    cached = _VOCABS.get(tokenizer)
+    if cached is None or cached.size != len(tokenizer):
+        vocab = tokenizer.get_vocab()
+        tags = frozenset(i for t, i in vocab.items() if t.startswith("<row_") and t.endswith(">") and "_col_" in t)
+        cached = _VOCABS[tokenizer] = _Vocab(len(tokenizer), vocab, tags)
+    return cached
+
+
 def _image_token_ids(processor: Any) -> set[int]:
     """Ids of the tokens that stand for images (never targets): the processor's image token and the
     special tokens around it (Idefics3's tile tags, Qwen's vision start/end)."""
-    tokenizer = processor.tokenizer
     names = {getattr(processor, a, None) for a in ("image_token", "fake_image_token", "global_image_tag",
                                                      "boi_token", "eoi_token")}
     names |= {"<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<image>", "<fake_token_around_image>",
               "<global-img>"}
-    vocab = tokenizer.get_vocab()
-    ids = {vocab[n] for n in names if isinstance(n, str) and n in vocab}
-    ids |= {i for t, i in vocab.items() if t.startswith("<row_") and t.endswith(">") and "_col_" in t}
+    vocab = _vocab(processor.tokenizer)
+    ids = {vocab.ids[n] for n in names if isinstance(n, str) and n in vocab.ids}
+    ids |= vocab.tile_tags
     image_id = getattr(processor, "image_token_id", None)
     if isinstance(image_id, int):
         ids.add(image_id)
@@ -240,7 +262,8 @@ def _check_images(conversation: Conversation, images: Sequence[Any]) -> None:
 def _end_tokens(processor: Any) -> list[str]:
     tokenizer = processor.tokenizer
     ends = [getattr(tokenizer, "eos_token", None), "<|im_end|>", "<end_of_utterance>", "<|eot_id|>", "<end_of_turn>"]
-    return [e for e in ends if e and e in tokenizer.get_vocab()]
+    vocab = _vocab(tokenizer).ids
+    return [e for e in ends if e and e in vocab]
 
 
 def with_end_tokens(processor: Any, text: str, spans: list[tuple[int, int]]) -> tuple[str, list[tuple[int, int]]]:
