@@ -102,6 +102,31 @@ def _trainable(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def _result(
+    seconds: float,
+    cpu: float,
+    clock: dict[str, float],
+    *,
+    steps: int,
+    tokens: float,
+    model: torch.nn.Module,
+    checkpoints: int,
+) -> dict[str, float]:
+    """One side's run as `main` compares them: its timings (``clock``: what its step callback recorded)
+    and the work done, which must be the same on both sides."""
+    return {
+        "seconds": seconds,
+        "step_seconds": clock["end"] - clock["start"],
+        "step_cpu_seconds": clock["cpu_end"] - clock["cpu_start"],
+        "cpu_seconds": cpu,
+        "steps": steps,
+        "tokens": tokens,
+        "trainable": _trainable(model),
+        "threads": clock["threads"],
+        "checkpoints": checkpoints,
+    }
+
+
 def run_ours(model: Path, data: Path, steps: int, strategy: str = "lora") -> dict[str, float]:
     from modaltune.run import RunDir
     from modaltune.trainer.callbacks import Callback, Event
@@ -133,17 +158,10 @@ def run_ours(model: Path, data: Path, steps: int, strategy: str = "lora") -> dic
     cpu, tick = time.process_time(), time.perf_counter()
     result = fit(cfg, task, loaded, rows, [], RunDir(out).create(), callbacks=[Clock()])
     seconds, cpu = time.perf_counter() - tick, time.process_time() - cpu
-    return {
-        "seconds": seconds,
-        "step_seconds": clock["end"] - clock["start"],
-        "step_cpu_seconds": clock["cpu_end"] - clock["cpu_start"],
-        "cpu_seconds": cpu,
-        "steps": result.state.step,
-        "tokens": tokens[0],
-        "trainable": _trainable(loaded.model),
-        "threads": clock["threads"],
-        "checkpoints": len(list((out / "checkpoints").glob("*"))),
-    }
+    saved = len(list((out / "checkpoints").glob("*")))
+    return _result(
+        seconds, cpu, clock, steps=result.state.step, tokens=tokens[0], model=loaded.model, checkpoints=saved
+    )
 
 
 def plan_order(n: int, steps: int) -> list[int]:
@@ -226,17 +244,10 @@ def run_trl(model: Path, data: Path, steps: int) -> dict[str, float]:
     trainer.train()
     seconds, cpu = time.perf_counter() - tick, time.process_time() - cpu
     torch.set_flush_denormal(False)
-    return {
-        "seconds": seconds,
-        "step_seconds": clock["end"] - clock["start"],
-        "step_cpu_seconds": clock["cpu_end"] - clock["cpu_start"],
-        "cpu_seconds": cpu,
-        "steps": trainer.state.global_step,
-        "tokens": tokens[0],
-        "trainable": _trainable(trainer.model),
-        "threads": clock["threads"],
-        "checkpoints": len(list(Path(out).glob("checkpoint-*"))),
-    }
+    saved = len(list(Path(out).glob("checkpoint-*")))
+    return _result(
+        seconds, cpu, clock, steps=trainer.state.global_step, tokens=tokens[0], model=trainer.model, checkpoints=saved
+    )
 
 
 def _rss_mib() -> float:
