@@ -1,15 +1,15 @@
 """Detection training speed, side by side in one run (issue 16, point 8).
 
     .venv/bin/python benchmarks/bench_detect.py [--part trainer|cache|both] [--steps 20] [--batch 4] [--rounds 5]
-        [--threads 1] [--quick]
+        [--threads 1] [--sides modaltune,hf,...] [--quick]
 
 Full fine-tuning samples/s of a random Grounding DINO (Swin + BERT + fusion encoder + decoder,
 built offline from its config, hidden 128, 128 px scenes, 100 queries) on synthetic COCO scenes:
 ``modaltune train --strategy full`` against Hugging Face ``Trainer`` with the same model, training
 rows, batch, optimizer (fused AdamW, lr 1e-4, weight decay 0.01), cosine schedule without warm-up,
-clipping at 1.0, fp32, no dataloader workers, and collate (modaltune's ``detect`` collate, its tensors
-handed to the model as ``labels`` so both minimise Grounding DINO's own loss). Both decode the images
-per step (Trainer reads the same lazily decoding dataset), and both run with subnormal floats flushed
+clipping at 1.0, fp32, no dataloader worker processes, and collate (modaltune's ``detect`` collate, its
+tensors handed to the model as ``labels`` so both minimise Grounding DINO's own loss). Both decode the
+images per step (Trainer reads the same lazily decoding dataset), and both run with subnormal floats flushed
 (modaltune's loop does it on CPU; Trainer does not, so it is set around ``trainer.train()``: the same
 arithmetic on both sides). Rates are measured between the end of the warm-up steps and the last step,
 at each side's step-end hook (modaltune's progress callback, a Trainer callback), in wall time and in
@@ -17,6 +17,14 @@ this process's CPU time (less moved by other processes on a shared machine); mod
 and checkpoint come after its last step and are outside the span. Rounds alternate which side runs
 first (the machine's load drifts, and the second run of a process finds warm caches), and each
 round's ratio is printed with the median.
+
+Four sides by default (``--sides`` picks some): ``modaltune`` (its default: without worker processes
+the next batch is prepared in a background thread while the step computes), ``modaltune-sync``
+(``--no-prefetch``: prepared between steps, as before), ``hf`` (Trainer's default
+``dataloader_num_workers=0``: prepared between steps) and ``hf-worker`` (``dataloader_num_workers=1``:
+prepared in one worker process, Trainer's own way to overlap). The ratios are modaltune over ``hf``,
+and, as a second reference, over ``hf-worker`` in wall time only: the CPU clock counts this process's
+threads (modaltune's prefetching thread included) but not a worker process's CPU.
 
 The frozen-feature cache does not apply to Grounding DINO (``DetectTask.cache_split`` returns None
 for it): every strategy that trains anything of it trains something the prompt's text features flow
@@ -44,6 +52,7 @@ from _common import machine  # noqa: E402
 
 LR = 1e-4
 WARMUP = 3
+SIDES = ("modaltune", "modaltune-sync", "hf", "hf-worker")
 
 
 def _rate(times: list[float], batch: int) -> float:
@@ -93,7 +102,8 @@ def build(root: Path, quick: bool) -> tuple[Path, Path, Path]:
     return model, train.coco, val.coco
 
 
-def run_modaltune(model: Path, data: Path, val: Path, out: Path, steps: int, batch: int) -> tuple[float, float]:
+def run_modaltune(model: Path, data: Path, val: Path, out: Path, steps: int, batch: int,
+                  prefetch: bool = True) -> tuple[float, float]:
     from modaltune.api import train
     from modaltune.config import build_config
 
@@ -101,13 +111,14 @@ def run_modaltune(model: Path, data: Path, val: Path, out: Path, steps: int, bat
     cfg = build_config(task="detect", model=str(model), data=str(data), val=str(val), output=str(out),
                        strategy="full", epochs=1, max_steps=steps, batch_size=batch, lr=LR, warmup_ratio=0.0,
                        schedule="cosine", weight_decay=0.01, max_grad_norm=1.0, precision="fp32", workers=0,
-                       keep_last=1, zero_shot_baseline=False)
+                       prefetch=prefetch, keep_last=1, zero_shot_baseline=False)
     clock = StepClock()
     train(cfg, progress=clock)
     return clock.rates(batch)
 
 
-def run_hf_trainer(model_dir: Path, data: Path, out: Path, steps: int, batch: int) -> tuple[float, float]:
+def run_hf_trainer(model_dir: Path, data: Path, out: Path, steps: int, batch: int,
+                   workers: int = 0) -> tuple[float, float]:
     """HF Trainer over the same rows, with modaltune's collate turned into the model's own inputs."""
     from transformers import AutoModelForZeroShotObjectDetection, Trainer, TrainerCallback, TrainingArguments
 
@@ -139,7 +150,7 @@ def run_hf_trainer(model_dir: Path, data: Path, out: Path, steps: int, batch: in
     args = TrainingArguments(
         output_dir=str(out), per_device_train_batch_size=batch, max_steps=steps, learning_rate=LR,
         optim="adamw_torch_fused", weight_decay=0.01, lr_scheduler_type="cosine", warmup_steps=0, max_grad_norm=1.0,
-        logging_strategy="no", save_strategy="no", report_to=[], dataloader_num_workers=0,
+        logging_strategy="no", save_strategy="no", report_to=[], dataloader_num_workers=workers,
         remove_unused_columns=False, use_cpu=True, seed=0, disable_tqdm=True)
     # Decoded per step, as modaltune's loop does (MediaDataset takes plain indices too).
     trainer = Trainer(model=model, args=args, train_dataset=MediaDataset(rows), data_collator=collate,
@@ -230,6 +241,8 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=None)
     parser.add_argument("--part", choices=["trainer", "cache", "both"], default="both",
                         help="the HF Trainer comparison, the OWLv2 feature-cache ratio, or both")
+    parser.add_argument("--sides", default=",".join(SIDES),
+                        help=f"trainer part: the runs of each round, from {', '.join(SIDES)} (modaltune and hf needed)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     steps = 6 if args.quick else args.steps
@@ -239,25 +252,40 @@ def main() -> None:
         cache_ratio(root, rounds, args.quick)
     if args.part == "cache":
         return
+    sides = args.sides.split(",")
+    if not {"modaltune", "hf"} <= set(sides) or not set(sides) <= set(SIDES):
+        parser.error(f"--sides: modaltune and hf, and any of {', '.join(SIDES)}")
     model, data, val = build(root, args.quick)
-    ours, theirs, ratios, step_ratios = [], [], [], []
+    rates: dict[str, list[tuple[float, float]]] = {side: [] for side in sides}
     for r in range(rounds):
         load_before = _load()
-        sides = ["hf", "modaltune"] if r % 2 else ["modaltune", "hf"]
-        rates = {side: run_modaltune(model, data, val, root / f"run-{r}", steps, args.batch) if side == "modaltune"
-                 else run_hf_trainer(model, data, root / f"hf-{r}", steps, args.batch) for side in sides}
-        ours.append(rates["modaltune"][0])
-        theirs.append(rates["hf"][0])
-        ratios.append(ours[-1] / theirs[-1])
-        step_ratios.append(rates["modaltune"][1] / rates["hf"][1])
-        print(f"round {r + 1} ({sides[0]} first; load {load_before} -> {_load()}): modaltune {ours[-1]:.3f} "
-              f"samples/s, HF Trainer {theirs[-1]:.3f} samples/s, ratio {ratios[-1]:.3f} (CPU time: "
-              f"{rates['modaltune'][1]:.3f} vs {rates['hf'][1]:.3f}, ratio {step_ratios[-1]:.3f})", flush=True)
+        order = sides[r % len(sides):] + sides[:r % len(sides)]  # each side leads in turn
+        for side in order:
+            out = root / f"{side}-{r}"
+            rates[side].append(run_hf_trainer(model, data, out, steps, args.batch, workers=int(side == "hf-worker"))
+                               if side.startswith("hf") else
+                               run_modaltune(model, data, val, out, steps, args.batch, prefetch=side == "modaltune"))
+        print(f"round {r + 1} ({' > '.join(order)}; load {load_before} -> {_load()}): "
+              + ", ".join(f"{side} {rates[side][r][0]:.3f}/s ({rates[side][r][1]:.3f}/CPU-s)" for side in sides)
+              + f"; ratio vs hf {_ratio(rates, 'hf', r, 0):.3f} wall, {_ratio(rates, 'hf', r, 1):.3f} CPU"
+              + (f"; vs hf-worker {_ratio(rates, 'hf-worker', r, 0):.3f} wall" if "hf-worker" in sides else ""),
+              flush=True)
     print(f"machine: {machine()}; torch threads {torch.get_num_threads()}")
+    medians = ", ".join(f"{side} {statistics.median(w for w, _ in rates[side]):.3f}" for side in sides)
     print(f"Grounding DINO full fine-tuning, batch {args.batch}, {steps} steps ({WARMUP} warm-up), {rounds} rounds: "
-          f"median modaltune {statistics.median(ours):.3f} samples/s, HF Trainer {statistics.median(theirs):.3f} "
-          f"samples/s, median ratio {statistics.median(ratios):.3f} (CPU time: "
-          f"{statistics.median(step_ratios):.3f})")
+          f"median samples/s {medians}; median ratio vs hf {_median_ratio(rates, 'hf', 0):.3f} wall, "
+          f"{_median_ratio(rates, 'hf', 1):.3f} CPU"
+          + (f"; vs hf-worker {_median_ratio(rates, 'hf-worker', 0):.3f} wall" if "hf-worker" in sides else "")
+          + (f"; modaltune over modaltune-sync {_median_ratio(rates, 'modaltune-sync', 0):.3f} wall, "
+             f"{_median_ratio(rates, 'modaltune-sync', 1):.3f} CPU" if "modaltune-sync" in sides else ""))
+
+
+def _ratio(rates: dict[str, list[tuple[float, float]]], other: str, r: int, clock: int) -> float:
+    return rates["modaltune"][r][clock] / rates[other][r][clock]
+
+
+def _median_ratio(rates: dict[str, list[tuple[float, float]]], other: str, clock: int) -> float:
+    return statistics.median(_ratio(rates, other, r, clock) for r in range(len(rates[other])))
 
 
 if __name__ == "__main__":

@@ -62,6 +62,8 @@ class DataSection(Section):
     balance: Literal["none", "oversample", "class-weights"] = Field(default="none", description="class balancing")
     augment: bool = Field(default=False, description="random resized crop + flip")
     workers: int | None = Field(default=None, ge=0, description="DataLoader worker processes (default: auto)")
+    prefetch: bool = Field(default=True, description=(
+        "without worker processes, prepare the next training batch in a background thread while the step computes"))
 
     @field_validator("format")
     @classmethod

@@ -1,23 +1,36 @@
-"""From rows to batches: media decoding, seeded per-sample augmentation, epoch order.
+"""From rows to batches: media decoding, seeded per-sample augmentation, epoch order, and the
+preparation of the next batch in a background thread while the current step computes.
 
 Randomness here is a pure function of (seed, epoch, index), never of a global RNG state, so a run
 resumed from any step sees exactly the batches and augmentations an uninterrupted run sees, with
-any number of DataLoader workers.
+any number of DataLoader workers or a prefetching thread.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import queue
 import random
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from modaltune.data.rows import Row
 
 Key = tuple[int, int]  # (epoch, row index)
+
+logger = logging.getLogger(__name__)
+
+# One batch is prepared at a time in this process. A training batch still being prepared in the
+# background when an evaluation starts would otherwise run the processor concurrently with the
+# evaluation's own collate (a fast tokenizer is not safe to reconfigure while another thread encodes).
+# Re-entrant: a collate may itself prepare batches (a feature cache computing its features).
+_PREPARING = threading.RLock()
 
 
 class MediaDataset(Dataset):
@@ -127,12 +140,149 @@ def steps_per_epoch(n: int, batch_size: int, grad_accum: int) -> int:
 
 def loader(
     dataset: Dataset, batches: list[list[Any]], collate: Callable[[list], Any],
-    *, workers: int = 0,
+    *, workers: int = 0, prefetch: bool = False,
 ) -> Iterator[Any]:
-    """Batches in the given order; decoding and the processor run in ``workers`` processes."""
+    """Batches in the given order; decoding and the processor run in ``workers`` processes, or, with
+    none and ``prefetch``, the next batch is prepared in a background thread (`prefetched`)."""
     if not batches:
         return iter(())
+    pin = torch.cuda.is_available()
+    if workers == 0 and prefetch:
+        return prefetched(dataset, batches, collate, pin=pin)
+    if workers == 0:
+        collate = _serialised(collate)
     # An explicit generator: otherwise creating the iterator draws from the global RNG, and a resumed
     # run (which creates one more iterator mid-epoch) would see different dropout masks.
     return iter(DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=workers,
-                           pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(0)))
+                           pin_memory=pin, generator=torch.Generator().manual_seed(0)))
+
+
+def prefetched(dataset: Dataset, batches: Sequence[Sequence[Any]], collate: Callable[[list], Any],
+               *, pin: bool = False, depth: int = 1) -> Iterator[Any]:
+    """The batches a synchronous loader yields, in its order, each prepared (decoded, collated,
+    pinned) in one background thread while the consumer works on the one before.
+
+    Decoding, resizing and the processor's numpy/torch work release the GIL, as does the step's
+    compute, so on a machine without spare cores for worker processes the data time hides behind
+    the step. At most ``depth`` batches wait in the queue, plus the one being prepared.
+
+    Exact resume and dropout masks rely on batch preparation never drawing from a global random
+    generator (this module's randomness is keyed by (seed, epoch, index)): from a thread, such draws
+    would interleave with the step's draws by timing. The first batch is therefore prepared in the
+    calling thread with the global generators' states compared around it; if it drew from one, every
+    batch of this loader is prepared synchronously. Later batches are checked for numpy's and
+    Python's global generators (the step does not draw from those); a draw there also ends the
+    prefetching for the rest of the loader.
+
+    An error in the thread is raised here with its own type, message and traceback. The thread
+    stops when the iterator is exhausted, closed, or dropped (a loop that breaks or raises): it
+    finishes the batch in hand and exits; it is a daemon thread, so it never holds up the
+    interpreter's exit.
+    """
+    if not batches:
+        return
+    prepare = _preparer(dataset, collate, pin)
+    before = _global_rng_states()
+    first = prepare(batches[0])
+    drawn = _drawn_from(before)
+    rest = list(batches[1:])
+    if drawn or not rest:
+        if drawn:
+            logger.info("batch preparation draws from %s's global random generator: batches are prepared "
+                        "in the training thread, not prefetched", drawn)
+        yield first
+        for keys in rest:
+            yield prepare(keys)
+        return
+
+    ready: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def work() -> None:
+        for keys in rest:
+            if stop.is_set():
+                return
+            states = _global_rng_states(torch_too=False)
+            try:
+                item: tuple[str, Any] = ("batch", prepare(keys))
+                if _drawn_from(states):
+                    item = ("last", item[1])
+            except BaseException as exc:  # handed to the consumer, which raises it as it is
+                item = ("error", exc)
+            while not stop.is_set():
+                try:
+                    ready.put(item, timeout=0.05)
+                    break
+                except queue.Full:
+                    continue
+            if item[0] != "batch":
+                return
+
+    thread = threading.Thread(target=work, name="modaltune-prefetch", daemon=True)
+    thread.start()
+    try:
+        yield first
+        for i in range(len(rest)):
+            kind, value = ready.get()
+            if kind == "error":
+                raise value
+            yield value
+            if kind == "last":
+                logger.info("batch preparation drew from a global random generator: the rest of the "
+                            "epoch's batches are prepared in the training thread")
+                for keys in rest[i + 1:]:
+                    yield prepare(keys)
+                return
+    finally:
+        stop.set()
+        while not ready.empty():  # frees the waiting batch; the thread sees ``stop`` within 50 ms
+            ready.get_nowait()
+        thread.join()
+
+
+def _preparer(dataset: Dataset, collate: Callable[[list], Any], pin: bool) -> Callable[[Sequence[Any]], Any]:
+    def prepare(keys: Sequence[Any]) -> Any:
+        with _PREPARING:
+            batch = collate([dataset[key] for key in keys])
+        return _pinned(batch) if pin else batch
+
+    return prepare
+
+
+def _serialised(collate: Callable[[list], Any]) -> Callable[[list], Any]:
+    def run(items: list) -> Any:
+        with _PREPARING:
+            return collate(items)
+
+    return run
+
+
+def _pinned(batch: Any) -> Any:
+    """``batch`` with its tensors in page-locked memory (what DataLoader's ``pin_memory`` does)."""
+    if isinstance(batch, torch.Tensor):
+        return batch.pin_memory()
+    if isinstance(batch, dict):
+        return {k: _pinned(v) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_pinned(v) for v in batch)
+    return batch
+
+
+def _global_rng_states(*, torch_too: bool = True) -> dict[str, Any]:
+    states: dict[str, Any] = {"numpy": np.random.get_state(), "random": random.getstate()}
+    if torch_too:
+        states["torch"] = torch.random.get_rng_state()
+    return states
+
+
+def _drawn_from(before: dict[str, Any]) -> str | None:
+    """The first global generator (torch, numpy, random) whose state moved since ``before``."""
+    after = _global_rng_states(torch_too="torch" in before)
+    if "torch" in before and not torch.equal(before["torch"], after["torch"]):
+        return "torch"
+    old, new = before["numpy"], after["numpy"]
+    if old[2:] != new[2:] or not np.array_equal(old[1], new[1]):
+        return "numpy"
+    if before["random"] != after["random"]:
+        return "random"
+    return None

@@ -279,7 +279,8 @@ def fit(
             # collectives need every process) on the micro-batch's first row, with a zero weight.
             loads = [[keys or (micro[:1] if sharded else keys) for micro, keys in zip(g, gk)]
                      for g, gk in zip(pending, mine)]
-            batches = loader(dataset, [keys for g in loads for keys in g if keys], collate, workers=cfg.num_workers)
+            batches = loader(dataset, [keys for g in loads for keys in g if keys], collate, workers=cfg.num_workers,
+                             prefetch=cfg.data.prefetch)
             for group, group_keys, group_loads in zip(pending, mine, loads):
                 # -- one optimizer step over the micro-batches of this group --
                 losses, finite, logged = [], True, []
