@@ -189,7 +189,7 @@ def test_demo_refuses_an_output_folder_it_did_not_write(tmp_path: Path) -> None:
 
 def test_base_key_follows_the_code_not_its_annotations_comments_or_docstrings():
     from modaltune.testing import synthetic, tiny_clip
-    from modaltune.testing.demo.clip import _KEYED_AS, _source_hash, code_fingerprint
+    from modaltune.testing.demo.clip_key import _KEYED_AS, _source_hash, code_fingerprint
 
     plain = "def f(x):\n    '''Add one.'''\n    return x + 1\n"
     typed = "from typing import Any\n\n\ndef f(x: Any) -> Any:  # one more\n    return x + 1  # type: ignore\n"
