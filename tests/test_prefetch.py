@@ -205,3 +205,18 @@ def test_training_with_prefetching_is_bit_identical_to_training_without(tiny_cli
     with_prefetch, without = weights(True), weights(False)
     assert with_prefetch.keys() == without.keys()
     assert all(torch.equal(with_prefetch[k], without[k]) for k in without)
+
+
+def test_the_thread_flushes_subnormal_floats_as_the_calling_thread_does(tmp_path):
+    def collate(items: list) -> dict[str, torch.Tensor]:
+        return {**_collate(items), "tiny": torch.tensor([1e-39], dtype=torch.float32) * 1.0}
+
+    keys = chunk([(0, i) for i in range(10)], 2)
+    for flush in (True, False):
+        if flush and not torch.set_flush_denormal(True):
+            continue  # a CPU without the mode
+        try:
+            batches = list(loader(MediaDataset(_rows(tmp_path)), keys, collate, prefetch=True))
+        finally:
+            torch.set_flush_denormal(False)
+        assert {float(b["tiny"][0]) == 0.0 for b in batches} == {flush}

@@ -172,7 +172,7 @@ def prefetched(dataset: Dataset, batches: Sequence[Sequence[Any]], collate: Call
     calling thread with the global generators' states compared around it; if it drew from one, every
     batch of this loader is prepared synchronously. Later batches are checked for numpy's and
     Python's global generators (the step does not draw from those); a draw there also ends the
-    prefetching for the rest of the loader.
+    prefetching for the rest of the loader. The thread flushes subnormal floats if the caller's does.
 
     An error in the thread is raised here with its own type, message and traceback. The thread
     stops when the iterator is exhausted, closed, or dropped (a loop that breaks or raises): it
@@ -197,8 +197,12 @@ def prefetched(dataset: Dataset, batches: Sequence[Sequence[Any]], collate: Call
 
     ready: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
     stop = threading.Event()
+    # Flushing subnormals is a per-thread CPU mode: the training loop sets it on its own thread, and
+    # a batch must come out the same whichever thread prepares it.
+    flushing = _flushes_denormals()
 
     def work() -> None:
+        torch.set_flush_denormal(flushing)
         for keys in rest:
             if stop.is_set():
                 return
@@ -238,6 +242,10 @@ def prefetched(dataset: Dataset, batches: Sequence[Sequence[Any]], collate: Call
         while not ready.empty():  # frees the waiting batch; the thread sees ``stop`` within 50 ms
             ready.get_nowait()
         thread.join()
+
+
+def _flushes_denormals() -> bool:
+    return bool((torch.tensor([1e-39], dtype=torch.float32) * 1.0)[0] == 0)  # 1e-39 is subnormal in float32
 
 
 def _preparer(dataset: Dataset, collate: Callable[[list], Any], pin: bool) -> Callable[[Sequence[Any]], Any]:
