@@ -317,7 +317,7 @@ def test_sample_text_is_escaped(tmp_path: Path) -> None:
 
 
 def test_a_new_media_kind_plugs_in_through_the_registry(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(report, "_SAMPLE_RENDERERS", dict(report._SAMPLE_RENDERERS))
+    monkeypatch.setattr(report.samples, "_SAMPLE_RENDERERS", dict(report.samples._SAMPLE_RENDERERS))
 
     @report.register_sample_renderer("video", "video")
     def video_cell(ref: list[str], thumbnail: int) -> str:
