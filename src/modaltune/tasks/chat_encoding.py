@@ -188,7 +188,7 @@ _VOCABS: weakref.WeakKeyDictionary[Any, _Vocab] = weakref.WeakKeyDictionary()
 
 def _vocab(tokenizer: Any) -> _Vocab:
     """The tokenizer's vocabulary, read once per tokenizer rather than per conversation: ``get_vocab``
-    builds a fresh dict of every token (~12 % of a chat collate when called for each conversation)."""
+    builds a fresh dict of every token, and encoding one conversation needs the vocabulary up to 7 times."""
     cached = _VOCABS.get(tokenizer)
     if cached is None or cached.size != len(tokenizer):
         vocab = tokenizer.get_vocab()
