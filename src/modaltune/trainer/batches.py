@@ -171,8 +171,10 @@ def prefetched(dataset: Dataset, batches: Sequence[Sequence[Any]], collate: Call
     would interleave with the step's draws by timing. The first batch is therefore prepared in the
     calling thread with the global generators' states compared around it; if it drew from one, every
     batch of this loader is prepared synchronously. Later batches are checked for numpy's and
-    Python's global generators (the step does not draw from those); a draw there also ends the
-    prefetching for the rest of the loader. The thread flushes subnormal floats if the caller's does.
+    Python's global generators (the step does not draw from those); a draw there ends the
+    prefetching for the rest of the loader (that one batch was still prepared ahead, so a checkpoint
+    taken meanwhile records the generator after its draw). The thread flushes subnormal floats if the
+    caller's does.
 
     An error in the thread is raised here with its own type, message and traceback. The thread
     stops when the iterator is exhausted, closed, or dropped (a loop that breaks or raises): it
@@ -201,26 +203,31 @@ def prefetched(dataset: Dataset, batches: Sequence[Sequence[Any]], collate: Call
     # a batch must come out the same whichever thread prepares it.
     flushing = _flushes_denormals()
 
-    def work() -> None:
-        torch.set_flush_denormal(flushing)
-        for keys in rest:
-            if stop.is_set():
-                return
-            states = _global_rng_states(torch_too=False)
+    def hand(item: tuple[str, Any]) -> bool:
+        """Queues ``item`` unless the consumer stopped first (checked every 50 ms while the queue is full)."""
+        while not stop.is_set():
             try:
-                item: tuple[str, Any] = ("batch", prepare(keys))
+                ready.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            torch.set_flush_denormal(flushing)
+            for keys in rest:
+                if stop.is_set():
+                    return
+                states = _global_rng_states(torch_too=False)
+                batch = prepare(keys)
                 if _drawn_from(states):
-                    item = ("last", item[1])
-            except BaseException as exc:  # handed to the consumer, which raises it as it is
-                item = ("error", exc)
-            while not stop.is_set():
-                try:
-                    ready.put(item, timeout=0.05)
-                    break
-                except queue.Full:
-                    continue
-            if item[0] != "batch":
-                return
+                    hand(("last", batch))
+                    return
+                if not hand(("batch", batch)):
+                    return
+        except BaseException as exc:  # the consumer raises it as it is; it must never wait for nothing
+            hand(("error", exc))
 
     thread = threading.Thread(target=work, name="modaltune-prefetch", daemon=True)
     thread.start()
@@ -271,8 +278,11 @@ def _pinned(batch: Any) -> Any:
         return batch.pin_memory()
     if isinstance(batch, dict):
         return {k: _pinned(v) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(_pinned(v) for v in batch)
+    if isinstance(batch, list):
+        return [_pinned(v) for v in batch]
+    if isinstance(batch, tuple):
+        items = [_pinned(v) for v in batch]
+        return type(batch)(*items) if hasattr(batch, "_fields") else tuple(items)  # a namedtuple's fields
     return batch
 
 
