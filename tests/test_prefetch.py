@@ -220,3 +220,28 @@ def test_the_thread_flushes_subnormal_floats_as_the_calling_thread_does(tmp_path
         finally:
             torch.set_flush_denormal(False)
         assert {float(b["tiny"][0]) == 0.0 for b in batches} == {flush}
+
+
+def test_a_clap_fusion_extractor_which_draws_from_numpy_keeps_its_batches_synchronous(tmp_path):
+    """HF's CLAP fusion extractor marks a random clip ``is_longer`` (np.random) in every batch of short
+    clips: its draws must stay in the training thread, in order, as they were before prefetching."""
+    from transformers import ClapFeatureExtractor
+
+    extractor = ClapFeatureExtractor(truncation="fusion")
+    where: list[str] = []
+
+    def collate(items: list) -> dict[str, torch.Tensor]:
+        where.append(threading.current_thread().name)
+        clips = [np.full(4800, 0.01 * (1 + int(row.id.split(".")[0])), dtype=np.float32) for row, _ in items]
+        out = extractor(clips, sampling_rate=extractor.sampling_rate, return_tensors="pt")
+        return {"is_longer": out["is_longer"], "input_features": out["input_features"]}
+
+    def batches(prefetch: bool) -> list[dict]:
+        np.random.seed(0)
+        out = list(
+            loader(MediaDataset(_rows(tmp_path, n=8)), chunk([(0, i) for i in range(8)], 2), collate, prefetch=prefetch)
+        )
+        return [*out, {"after": torch.tensor(np.random.rand(3))}]
+
+    _assert_same(batches(False), batches(True))
+    assert set(where) == {"MainThread"}
