@@ -21,6 +21,9 @@ torch's FSDP2 ``fully_shard``): the same plan, shares and loss weights, but FSDP
 block's parameters in its forward and reduce-scatters (sums) its gradients in backward. Every
 process then runs every forward (evaluation too), and checkpoints hold the weights and optimizer
 state gathered whole, in the single-process format.
+
+With ``accelerate launch --use_deepspeed --zero_stage 1|2`` DeepSpeed's engine partitions the
+optimizer state (and gradients) instead, driven by the same plan and loss weights: `trainer.zero`.
 """
 
 from __future__ import annotations
@@ -64,6 +67,9 @@ def processes() -> Processes:
     if not _initialised() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         from accelerate import PartialState
 
+        from modaltune.trainer import zero
+
+        zero.prepare_cpu()  # PartialState starts DeepSpeed's communication when launched for it
         PartialState()
         # The main process writes and scores the run after the fit while the others are already done.
         # A process that reaches interpreter teardown with a live gloo group aborts now and then
@@ -186,17 +192,18 @@ def launch_warning(env: dict[str, str] | None = None) -> str | None:
 
 
 def unsupported_engine(distributed_type: Any, fsdp_version: int | None = None) -> str | None:
-    """Why an Accelerate engine cannot run a fit: FSDP other than version 2, DeepSpeed, Megatron."""
+    """Why an Accelerate engine cannot run a fit: FSDP other than version 2, Megatron. (DeepSpeed's
+    ZeRO stages are checked against its config: `trainer.zero`.)"""
     name = str(getattr(distributed_type, "value", distributed_type)).upper()
     if name == "FSDP" and fsdp_version != 2:
         return (f"accelerate is configured for FSDP version {fsdp_version}; modaltune shards the model with "
                 "FSDP2 (torch's fully_shard) only. Pass --fsdp_version 2 (or fsdp_version: 2 in the accelerate "
                 "config): accelerate launch --use_fsdp --fsdp_version 2 --num_processes N "
                 "-m modaltune train ...")
-    if name in ("DEEPSPEED", "MEGATRON_LM"):
-        return (f"accelerate is configured for {name}, which modaltune does not run: its training loop (gradient "
-                "accumulation, checkpoints, tasks calling model methods rather than one forward) is not wired to "
-                "DeepSpeed's engine. Use FSDP2 to shard the model "
+    if name == "MEGATRON_LM":
+        return (f"accelerate is configured for {name}, which modaltune does not run: Megatron-LM needs its own model "
+                "code, while modaltune trains transformers models through their own methods. Use FSDP2 to shard "
+                "the model "
                 "(accelerate launch --use_fsdp --fsdp_version 2 --num_processes N -m modaltune train "
                 "...) or plain data parallelism (accelerate launch --multi_gpu --num_processes N ...)")
     return None

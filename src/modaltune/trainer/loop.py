@@ -35,7 +35,7 @@ from modaltune.inference import evaluate_rows
 from modaltune.run import RunDir
 from modaltune.tasks.base import Loaded, Task
 from modaltune.trainer import checkpoint as ckpt
-from modaltune.trainer import distributed
+from modaltune.trainer import distributed, zero
 from modaltune.trainer.batches import (
     MediaDataset,
     MixedDataset,
@@ -68,7 +68,9 @@ def make_accelerator(precision: str) -> Any:
     # Accelerate keeps one process-wide state; a library may run several fits in one process
     # (compare, tests) with different precisions, so start each from a clean state.
     AcceleratorState._reset_state(reset_partial_state=True)
-    return Accelerator(mixed_precision="bf16" if precision == "bf16" else "no")
+    zero.prepare_cpu()
+    # Under DeepSpeed, accelerate's bf16 is DeepSpeed's bf16 weights; modaltune autocasts itself (zero.autocast).
+    return Accelerator(mixed_precision="bf16" if precision == "bf16" and not zero.launched() else "no")
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -125,6 +127,7 @@ def fit(
     if fsdp is not None and (replay is not None or (anchor is not None and cfg.transfer.l2sp)):
         raise ConfigError("rehearsal (--replay) and --l2sp are not supported with FSDP yet: they read the "
                           "model outside its sharded forward. Run them data-parallel (--multi_gpu without --use_fsdp)")
+    ds_config = zero.settings(accelerator, cfg, procs.world)  # DeepSpeed ZeRO-1/2, or None
     # Under FSDP the plain model stays where it was loaded (the host) while its sharded copy trains.
     model = loaded.model if fsdp is not None else loaded.model.to(accelerator.device)
     model.train()
@@ -182,7 +185,11 @@ def fit(
                 logged[term.name] = float(value.detach())
         return total, logged
 
-    plain, sharded = model, None
+    plain, sharded, engine = model, None, None
+    # Every process runs a backward for every micro-batch, its share empty or not: FSDP's and ZeRO-2's
+    # gradient collectives happen during backward and need every process.
+    lockstep = fsdp is not None or ds_config is not None
+    autocast = (lambda: zero.autocast(cfg.optim.precision, accelerator.device)) if ds_config else accelerator.autocast
     if fsdp is not None:  # the tasks' losses read loaded.model: the sharded copy while fitting
         sharded = distributed.Sharded(model, [b for bs in task.blocks(loaded).values() for b in bs],
                                       accelerator.device, **fsdp)
@@ -209,6 +216,8 @@ def fit(
         torch.manual_seed(cfg.runtime.seed)  # dropout and any other in-loop randomness
     state.processes = procs.world
     trainable = [p for p in model.parameters() if p.requires_grad]
+    if ds_config is not None:  # after the resume: DeepSpeed starts from the loaded weights and optimizer state
+        engine = zero.Zero(model, optimizer, ds_config, procs.world)
 
     eval_every = cfg.schedule.eval_every or per_epoch
     save_every = cfg.schedule.save_every or per_epoch
@@ -225,7 +234,8 @@ def fit(
         # Every process's RNG (its dropout draws) goes into the main process's checkpoint.
         rngs = distributed.gather(ckpt.rng_state()) if procs.several else None
         # Under FSDP every process gathers the whole weights and optimizer state with the others.
-        whole = (sharded.full_trainable(), distributed.full_optimizer_state(optimizer)) if sharded else (None, None)
+        whole = (sharded.full_trainable(), distributed.full_optimizer_state(optimizer)) if sharded else \
+            (engine.trainable(), engine.full_optimizer_state()) if engine else (None, None)
         if not procs.main:
             return
         ckpt.save_checkpoint(run.checkpoints, model=model, optimizer=optimizer, scheduler=scheduler, state=state,
@@ -258,13 +268,19 @@ def fit(
     def validation_metrics() -> dict[str, Any]:
         if cached is not None:
             model.eval()
-            with accelerator.autocast():
+            with autocast():
                 outputs = cached_outputs(cached.split, val_rows, cached.val, device=accelerator.device,
                                          batch_size=cfg.runtime.eval_batch_size)
             model.train()
             return task.evaluate(loaded, outputs, list(val_rows))
         return evaluate_rows(task, loaded, val_rows, batch_size=cfg.runtime.eval_batch_size,
-                             workers=cfg.num_workers, autocast=accelerator.autocast)
+                             workers=cfg.num_workers, autocast=autocast)
+
+    def backward(loss: torch.Tensor, last: bool) -> None:
+        if engine is not None:
+            engine.backward(loss, last=last)
+        else:
+            accelerator.backward(loss)
 
     def run_steps() -> None:
         """Optimizer steps until the plan is done, a callback stops it, or the process must exit."""
@@ -275,9 +291,9 @@ def fit(
             pending = groups[state.group_in_epoch:]
             # This process's share of each micro-batch (all of it when it is the only process).
             mine = [[distributed.shard(micro, procs) for micro in group] for group in pending]
-            # Under FSDP a process whose share is empty still runs the forward and backward (their
-            # collectives need every process) on the micro-batch's first row, with a zero weight.
-            loads = [[keys or (micro[:1] if sharded else keys) for micro, keys in zip(g, gk)]
+            # Under FSDP and DeepSpeed a process whose share is empty still runs the forward and backward
+            # (their collectives need every process) on the micro-batch's first row, with a zero weight.
+            loads = [[keys or (micro[:1] if lockstep else keys) for micro, keys in zip(g, gk)]
                      for g, gk in zip(pending, mine)]
             batches = loader(dataset, [keys for g in loads for keys in g if keys], collate, workers=cfg.num_workers,
                              prefetch=cfg.data.prefetch)
@@ -297,34 +313,37 @@ def fit(
                     step_items = float(sum(distributed.gather(step_items)))
                 item_weights: list[float] = []
                 for m, (micro, keys) in enumerate(zip(group, group_keys)):
-                    if not keys and sharded is None:
+                    last = m == len(group) - 1  # DeepSpeed reduces a step's gradients at its last backward
+                    if not keys and not lockstep:
                         continue  # every row of this micro-batch went to other processes
                     fetched_batch = fetched[m]
                     assert fetched_batch is not None  # fetched for every micro-batch with rows here
                     batch = {part: {k: v.to(accelerator.device) for k, v in tensors.items()}
                              for part, tensors in fetched_batch.items()}
-                    with accelerator.autocast():
+                    with autocast():
                         loss, parts = sharded.run(micro_batch_loss, batch) if sharded else \
                             micro_batch_loss(batch)
-                    if sharded is not None and (not keys or not torch.isfinite(loss)):
+                    if lockstep and (not keys or not torch.isfinite(loss)):
                         finite = finite and bool(torch.isfinite(loss)) if keys else finite
-                        accelerator.backward(loss * 0.0)  # the others' gradient collectives need this one
+                        # The others' gradient collectives need this backward. DeepSpeed steps by itself
+                        # unless a gradient is NaN: a non-finite loss here makes every process skip the step.
+                        backward(loss * (math.nan if engine is not None and not finite else 0.0), last)
                         continue
                     if not torch.isfinite(loss):
                         finite = False
                         continue
                     if weighed:
-                        accelerator.backward(loss * ((items[m] or 0.0) / max(step_items, 1e-12)))
+                        backward(loss * ((items[m] or 0.0) / max(step_items, 1e-12)), last)
                         item_weights.append(items[m] or 0.0)
                         if procs.several:
                             shares.append((m, loss.item(), distributed.target_count(keys), parts))
                     elif procs.several:
                         # Gradients are summed across processes: weight by this share of the micro-batch.
                         rows = distributed.target_count(keys)
-                        accelerator.backward(loss * (rows / distributed.target_count(micro)) / len(group))
+                        backward(loss * (rows / distributed.target_count(micro)) / len(group), last)
                         shares.append((m, loss.item(), rows, parts))
                     else:
-                        accelerator.backward(loss / len(group))
+                        backward(loss / len(group), last)
                     losses.append(loss.item())
                     logged.append(parts)
                     event.loss = losses[-1]
@@ -332,15 +351,20 @@ def fit(
                         hook.on_micro_batch_end(event)
                 if procs.several:
                     finite, losses, logged = _across_processes(finite, shares)
-                    if finite:
+                    if finite and engine is None:
                         distributed.all_reduce_grads(sharded.replicated if sharded else trainable)
                 grad_norm = None
-                if finite and cfg.optim.max_grad_norm is not None:
+                if engine is not None:  # DeepSpeed clips and steps, or skips a step with a non-finite gradient
+                    taken, norm = engine.step()
+                    finite = finite and taken
+                    grad_norm = norm if finite and cfg.optim.max_grad_norm is not None else None
+                elif finite and cfg.optim.max_grad_norm is not None:
                     grad_norm = (distributed.clip_grad_norm(trainable, cfg.optim.max_grad_norm) if sharded else
                                  float(accelerator.clip_grad_norm_(trainable, cfg.optim.max_grad_norm)))
                     finite = math.isfinite(grad_norm)
                 if finite:
-                    optimizer.step()
+                    if engine is None:
+                        optimizer.step()
                     state.bad_steps_in_a_row = 0
                 else:
                     _bad_step(cfg, state)
@@ -384,11 +408,16 @@ def fit(
     try:
         with _flush_denormals(accelerator.device):
             run_steps()
+        if engine is not None:
+            engine.close()
+            engine = None
         if sharded is not None:
             sharded.copy_to(plain)
             plain.to(accelerator.device)
         event.finished = True
     finally:
+        if engine is not None:
+            engine.close()
         loaded.model = plain
         for hook in hooks:
             hook.on_fit_end(event)
