@@ -49,6 +49,8 @@ def test_config_fills_in_modaltunes_settings() -> None:
     assert out["train_micro_batch_size_per_gpu"] == 4 and out["gradient_accumulation_steps"] == 3
     assert out["train_batch_size"] == 4 * 3 * 2 and out["gradient_clipping"] == 1.0
     assert out["zero_allow_untested_optimizer"] is True and isinstance(out["steps_per_print"], int)
+    # ZeRO-Offload runs modaltune's optimizer on the CPU (DeepSpeed would insist on its own CPU Adam).
+    assert out["zero_force_ds_cpu_optimizer"] is False
     assert _config(LAUNCHED, max_grad_norm=None)["gradient_clipping"] == 0.0
     assert _config({**LAUNCHED, "gradient_clipping": 1.0})["gradient_clipping"] == 1.0  # the same value is fine
     assert LAUNCHED["train_batch_size"] == "auto", "the launcher's config is left as it was"
@@ -63,7 +65,7 @@ def test_config_fills_in_modaltunes_settings() -> None:
         ({"scheduler": {"type": "WarmupLR"}}, ["'scheduler' section"]),
         ({"bf16": {"enabled": True}}, ["enables bf16", "--precision bf16"]),
         ({"fp16": {"enabled": True}}, ["enables fp16"]),
-        ({"zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu"}}}, ["offload_optimizer"]),
+        ({"zero_optimization": {"stage": 2, "offload_optimizer": {"device": "nvme"}}}, ["offload_optimizer", "cpu"]),
         ({"zero_optimization": {"stage": 2, "offload_param": {"device": "cpu"}}}, ["offload_param", "ZeRO-3"]),
         ({"gradient_clipping": 0.5}, ["gradient_clipping=0.5", "--optim.max-grad-norm", "auto"]),
         ({"gradient_accumulation_steps": 8}, ["gradient_accumulation_steps=8", "--grad-accum"]),
@@ -122,6 +124,8 @@ def test_a_nan_loss_on_one_process_skips_the_step_on_every_process(tiny_clip, sh
         "--use_deepspeed",
         "--zero_stage",
         "2",
+        "--offload_optimizer_device",  # ZeRO-Offload: the optimizer state and step on the CPU
+        "cpu",
         "--num_processes",
         "2",
         "--num_machines",

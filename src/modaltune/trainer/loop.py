@@ -368,7 +368,8 @@ def fit(
                     state.bad_steps_in_a_row = 0
                 else:
                     _bad_step(cfg, state)
-                optimizer.zero_grad(set_to_none=True)
+                if engine is None:  # DeepSpeed clears its own (and keeps the buffers it reuses)
+                    optimizer.zero_grad(set_to_none=True)
                 with warnings.catch_warnings():
                     # A skipped first step trips torch's "scheduler before optimizer" warning; the
                     # schedule deliberately follows step count, skipped steps included.

@@ -3,8 +3,9 @@
 modaltune keeps its own plan, shares and loss weights (`trainer.distributed`) and drives DeepSpeed's
 engine directly rather than through ``accelerator.prepare``: tasks call model methods
 (``get_image_features``), never the engine's forward. ZeRO-1 partitions the optimizer state across
-the processes, ZeRO-2 the gradients too; every process keeps the whole weights, so evaluation,
-rehearsal and L2-SP read the model as in plain data parallelism.
+the processes, ZeRO-2 the gradients too (ZeRO-Offload: the state on the CPU, where modaltune's
+optimizer steps); every process keeps the whole weights, so evaluation, rehearsal and L2-SP read the
+model as in plain data parallelism.
 
 * DeepSpeed averages gradients over the processes where modaltune sums them: each backward's loss
   is multiplied by the number of processes, so the reduced gradient is the single-process one.
@@ -129,12 +130,11 @@ def config(
     if offload != "none":
         raise ConfigError(f"offload_param (device {offload!r}) applies to ZeRO-3 only, which modaltune does not run")
     offload = (zero.get("offload_optimizer") or {}).get("device") or "none"
-    if offload != "none":
+    if offload not in ("none", "cpu"):
         raise ConfigError(
-            f"offload_optimizer (device {offload!r}) is not supported: modaltune's checkpoints read the optimizer "
-            "state where ZeRO keeps it without offload. Remove it (accelerate launch --offload_optimizer_device none)"
+            f"offload_optimizer to {offload!r} is not supported: modaltune offloads the optimizer state to the CPU "
+            "only (ZeRO-Offload: accelerate launch --offload_optimizer_device cpu)"
         )
-
     micro = max(1, math.ceil(batch_size / world))
     wanted: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": micro,
@@ -155,8 +155,10 @@ def config(
         if section in out:
             out[section] = {**out[section], "enabled": False}
     out["zero_optimization"] = zero
-    # modaltune's own AdamW/SGD, which DeepSpeed has not tested with ZeRO.
+    # modaltune's own AdamW/SGD, which DeepSpeed has not tested with ZeRO, also when offloaded to the CPU
+    # (where DeepSpeed would want its own CPU Adam).
     out["zero_allow_untested_optimizer"] = True
+    out["zero_force_ds_cpu_optimizer"] = False
     if not isinstance(out.get("steps_per_print"), int):  # accelerate writes inf: never
         out["steps_per_print"] = 1 << 62
     return out
@@ -189,6 +191,7 @@ class Zero:
         from modaltune.trainer import checkpoint as ckpt
 
         self.world = world
+        self.device = next(model.parameters()).device
         self.optimizer = optimizer
         #: The parameters of each group, in the order a single-process optimizer's state numbers them.
         self.groups = [list(group["params"]) for group in optimizer.param_groups]
@@ -281,7 +284,9 @@ class Zero:
                 if not (isinstance(value, torch.Tensor) and value.shape == flat.shape):
                     other[key] = value.detach().cpu() if isinstance(value, torch.Tensor) else value
                     continue
-                buffer = torch.zeros(total, dtype=value.dtype, device=value.device)
+                # On the model's device, where the process group communicates (NCCL: never the host, where
+                # ZeRO-Offload keeps the state).
+                buffer = torch.zeros(total, dtype=value.dtype, device=self.device)
                 for offset, _, mapping in self._fragments(i):
                     if mapping is not None:
                         lp, hp = mapping.lp_fragment_address, mapping.hp_fragment_address
