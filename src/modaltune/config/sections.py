@@ -87,7 +87,8 @@ class DataSection(Section):
 
         On a GPU box that keeps decoding off the training process. With 2 CPUs the data path alone
         runs ~10x faster than a training step of even a small CLIP (benchmarks/RESULTS.md), and a
-        worker would only compete with the step for the same cores, so none is started.
+        worker would only compete with the step for the same cores, so none is started; the
+        training loop then prepares the next batch in a thread while the step computes (``prefetch``).
         """
         if self.workers is not None:
             return self.workers
