@@ -4,6 +4,7 @@ process does. (The 2-process runs that are killed, resumed and match one process
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -76,6 +77,22 @@ def test_config_refuses_what_modaltune_does_not_run(change: dict, names: list[st
     with pytest.raises(ConfigError) as caught:
         _config({**LAUNCHED, **change})
     assert all(name in str(caught.value) for name in names), str(caught.value)
+
+
+def test_cpu_runs_skip_the_op_deepspeed_compiles_for_inference(monkeypatch) -> None:
+    # DeepSpeed's CPU backend compiles a shared-memory all-reduce (a minute of C++ on a fresh machine) that
+    # only its inference engine uses; modaltune skips it. Guards the name it patches against a DeepSpeed upgrade.
+    need_deepspeed()
+    ds_comm = importlib.import_module("deepspeed.comm.torch")
+    monkeypatch.setattr(ds_comm, "build_shm_op", ds_comm.build_shm_op)  # put back after the test
+    monkeypatch.delenv("DS_ACCELERATOR", raising=False)
+    monkeypatch.setattr(zero, "_has_accelerator", lambda: False)
+    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED", raising=False)
+    zero.prepare_cpu()  # not launched for DeepSpeed: nothing changes
+    assert "DS_ACCELERATOR" not in os.environ and ds_comm.build_shm_op.__module__ == "deepspeed.comm.torch"
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    zero.prepare_cpu()
+    assert os.environ["DS_ACCELERATOR"] == "cpu" and ds_comm.build_shm_op() is None
 
 
 _SCRIPT = """

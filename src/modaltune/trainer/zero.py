@@ -53,7 +53,7 @@ def prepare_cpu() -> None:
     says so up front. On the CPU it also compiles a shared-memory all-reduce (about a minute of C++ on
     first use) that serves its inference engine only, never training's collectives: skipped.
     """
-    if not launched() or torch.cuda.is_available():
+    if not launched() or _has_accelerator():
         return
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import importlib
@@ -64,6 +64,17 @@ def prepare_cpu() -> None:
         return
     if hasattr(ds_comm, "build_shm_op"):
         ds_comm.build_shm_op = lambda: None  # type: ignore[attr-defined]
+
+
+def _has_accelerator() -> bool:
+    """A GPU or another device DeepSpeed has an accelerator for (Intel XPU, Ascend NPU, Apple MPS)."""
+    if torch.cuda.is_available():
+        return True
+    for name in ("xpu", "npu"):
+        module = getattr(torch, name, None)
+        if module is not None and module.is_available():
+            return True
+    return bool(torch.backends.mps.is_available())
 
 
 def settings(accelerator: Any, cfg: Any, world: int) -> dict[str, Any] | None:
