@@ -225,9 +225,8 @@ class Zero:
                 engine_type._broadcast_model = broadcast
             ds_logger.setLevel(level)
             ckpt.set_rng_state(rng)
-        for group in self.zero.bit16_groups:  # what the state mapping below relies on: one flat group each
-            assert all(p.requires_grad for p in group)
-        if [len(g) for g in self.zero.bit16_groups] != [len(g) for g in self.groups]:
+        # The state mapping relies on one flat group per optimizer group, of the same parameters in order.
+        if [[id(p) for p in g] for g in self.zero.bit16_groups] != [[id(p) for p in g] for g in self.groups]:
             raise RuntimeError("DeepSpeed regrouped the optimizer's parameters; cannot map its state")
         self._adopt_loaded_state()
 
