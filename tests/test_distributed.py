@@ -119,8 +119,9 @@ def test_every_process_leaves_its_group_before_exiting(tmp_path) -> None:
     script.write_text(
         "import atexit, torch\n"
         "from modaltune.trainer import distributed\n"
-        "atexit.register(lambda: print('group live at exit:', torch.distributed.is_initialized(), flush=True))\n"
-        "print('world', distributed.processes().world, flush=True)\n")
+        # One string per print: the two processes share the pipe, and print's pieces interleave.
+        "atexit.register(lambda: print(f'group live at exit: {torch.distributed.is_initialized()}', flush=True))\n"
+        "print(f'world {distributed.processes().world}', flush=True)\n")
     done = _launch_script(script)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("world 2") == 2, done.stdout
