@@ -29,6 +29,7 @@ optimizer state (and gradients) instead, driven by the same plan and loss weight
 from __future__ import annotations
 
 import atexit
+import gc
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -83,6 +84,10 @@ def processes() -> Processes:
 
 def _leave() -> None:
     if _initialised():
+        # FSDP2's sharded modules (reference cycles through their hooks) hold the group itself, which
+        # destroying it does not free: they would take it to interpreter teardown and abort the same
+        # way (2 exits in 32 of a bare FSDP2 run here, none in 40 after collecting them first).
+        gc.collect()
         torch.distributed.destroy_process_group()
 
 
