@@ -245,3 +245,20 @@ def test_a_clap_fusion_extractor_which_draws_from_numpy_keeps_its_batches_synchr
 
     _assert_same(batches(False), batches(True))
     assert set(where) == {"MainThread"}
+
+
+def test_a_fit_gives_the_caller_back_its_subnormal_mode():
+    # The loop flushes subnormals while it trains on a CPU; a caller that flushes them itself keeps that after.
+    from modaltune.trainer.batches import flushes_denormals
+    from modaltune.trainer.loop import _flush_denormals
+
+    if not torch.set_flush_denormal(True):
+        pytest.skip("this CPU cannot flush subnormal floats")
+    try:
+        for mode in (True, False):
+            torch.set_flush_denormal(mode)
+            with _flush_denormals(torch.device("cpu")):
+                assert flushes_denormals()
+            assert flushes_denormals() is mode
+    finally:
+        torch.set_flush_denormal(False)

@@ -201,7 +201,7 @@ def prefetched(dataset: Dataset, batches: Sequence[Sequence[Any]], collate: Call
     stop = threading.Event()
     # Flushing subnormals is a per-thread CPU mode: the training loop sets it on its own thread, and
     # a batch must come out the same whichever thread prepares it.
-    flushing = _flushes_denormals()
+    flushing = flushes_denormals()
 
     def hand(item: tuple[str, Any]) -> bool:
         """Queues ``item`` unless the consumer stopped first (checked every 50 ms while the queue is full)."""
@@ -251,7 +251,7 @@ def prefetched(dataset: Dataset, batches: Sequence[Sequence[Any]], collate: Call
         thread.join()
 
 
-def _flushes_denormals() -> bool:
+def flushes_denormals() -> bool:
     return bool((torch.tensor([1e-39], dtype=torch.float32) * 1.0)[0] == 0)  # 1e-39 is subnormal in float32
 
 

@@ -39,6 +39,7 @@ from modaltune.trainer import distributed, zero
 from modaltune.trainer.batches import (
     MediaDataset,
     MixedDataset,
+    flushes_denormals,
     loader,
     oversample_weights,
     plan_epoch,
@@ -539,13 +540,17 @@ def _flush_denormals(device: torch.device) -> Iterator[None]:
     arithmetic is ~100x slower: on a small CLIP here it made whole training steps ~10x slower
     (benchmarks/RESULTS.md). Values below 1e-38 carry no information for training.
     """
-    if device.type != "cpu" or not torch.set_flush_denormal(True):
+    if device.type != "cpu":
+        yield
+        return
+    before = flushes_denormals()  # the caller's mode, given back after the fit
+    if not torch.set_flush_denormal(True):
         yield
         return
     try:
         yield
     finally:
-        torch.set_flush_denormal(False)
+        torch.set_flush_denormal(before)
 
 
 def _bad_step(cfg: TrainConfig, state: ckpt.TrainerState) -> None:
