@@ -8,13 +8,13 @@ Several processes (``accelerate launch --multi_gpu --num_processes N``) split ev
 the same plan and sum their gradients before each optimizer step (`trainer.distributed`); the main
 process alone evaluates (its metrics are broadcast, so every process takes the same early-stopping
 and best-step decisions and the numbers are exactly a single process's) and writes history and
-checkpoints.
+checkpoints. How a step's gradients are taken, combined and applied is the engine's
+(`trainer.engines`: plain or data-parallel, FSDP2, DeepSpeed ZeRO); the loop reads the same for all.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -46,6 +46,7 @@ from modaltune.trainer.batches import (
     steps_per_epoch,
 )
 from modaltune.trainer.callbacks import EXIT_SIGTERM, KILL_ENV, Callback, Event, RestoreBest, default_callbacks
+from modaltune.trainer.engines import Engine, ShardedEngine, ZeroEngine
 from modaltune.trainer.terms import L2SPTerm, LossTerm, ReplayTerm, loss_parts, part_key
 
 # Kept importable from here, where they used to live.
@@ -186,10 +187,7 @@ def fit(
                 logged[term.name] = float(value.detach())
         return total, logged
 
-    plain, sharded, engine = model, None, None
-    # Every process runs a backward for every micro-batch, its share empty or not: FSDP's and ZeRO-2's
-    # gradient collectives happen during backward and need every process.
-    lockstep = fsdp is not None or ds_config is not None
+    plain, sharded = model, None
     autocast = (lambda: zero.autocast(cfg.optim.precision, accelerator.device)) if ds_config else accelerator.autocast
     if fsdp is not None:  # the tasks' losses read loaded.model: the sharded copy while fitting
         sharded = distributed.Sharded(model, [b for bs in task.blocks(loaded).values() for b in bs],
@@ -217,8 +215,12 @@ def fit(
         torch.manual_seed(cfg.runtime.seed)  # dropout and any other in-loop randomness
     state.processes = procs.world
     trainable = [p for p in model.parameters() if p.requires_grad]
-    if ds_config is not None:  # after the resume: DeepSpeed starts from the loaded weights and optimizer state
-        engine = zero.Zero(model, optimizer, ds_config, procs.world)
+    engine = Engine(accelerator, optimizer, trainable, procs)
+    if sharded is not None:
+        engine = ShardedEngine(accelerator, optimizer, trainable, procs, sharded)
+    elif ds_config is not None:  # after the resume: DeepSpeed starts from the loaded weights and optimizer state
+        engine = ZeroEngine(accelerator, optimizer, trainable, procs, zero.Zero(model, optimizer, ds_config,
+                                                                                 procs.world))
 
     eval_every = cfg.schedule.eval_every or per_epoch
     save_every = cfg.schedule.save_every or per_epoch
@@ -234,9 +236,8 @@ def fit(
     def checkpoint() -> None:
         # Every process's RNG (its dropout draws) goes into the main process's checkpoint.
         rngs = distributed.gather(ckpt.rng_state()) if procs.several else None
-        # Under FSDP every process gathers the whole weights and optimizer state with the others.
-        whole = (sharded.full_trainable(), distributed.full_optimizer_state(optimizer)) if sharded else \
-            (engine.trainable(), engine.full_optimizer_state()) if engine else (None, None)
+        # Under FSDP and DeepSpeed every process gathers the whole weights and optimizer state with the others.
+        whole = engine.whole()
         if not procs.main:
             return
         ckpt.save_checkpoint(run.checkpoints, model=model, optimizer=optimizer, scheduler=scheduler, state=state,
@@ -248,13 +249,7 @@ def fit(
         """Evaluate on validation data, track the best, and let the callbacks see the metrics."""
         if not val_rows:
             return
-        metrics: dict[str, Any] = {}
-        if sharded is not None:  # every process runs the same forwards: they gather the parameters together
-            metrics = sharded.run(validation_metrics)
-            sharded.reshard()
-        elif procs.main:  # the others wait for its metrics below
-            metrics = validation_metrics()
-        metrics = distributed.broadcast(metrics)
+        metrics = distributed.broadcast(engine.evaluate(validation_metrics))
         score = float(metrics[task.primary_metric])
         log({"kind": "eval", "step": state.step, "epoch": state.epoch,
              **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}})
@@ -277,12 +272,6 @@ def fit(
         return evaluate_rows(task, loaded, val_rows, batch_size=cfg.runtime.eval_batch_size,
                              workers=cfg.num_workers, autocast=autocast)
 
-    def backward(loss: torch.Tensor, last: bool) -> None:
-        if engine is not None:
-            engine.backward(loss, last=last)
-        else:
-            accelerator.backward(loss)
-
     def run_steps() -> None:
         """Optimizer steps until the plan is done, a callback stops it, or the process must exit."""
         while state.step < total_steps and not event.stop:
@@ -294,7 +283,7 @@ def fit(
             mine = [[distributed.shard(micro, procs) for micro in group] for group in pending]
             # Under FSDP and DeepSpeed a process whose share is empty still runs the forward and backward
             # (their collectives need every process) on the micro-batch's first row, with a zero weight.
-            loads = [[keys or (micro[:1] if lockstep else keys) for micro, keys in zip(g, gk)]
+            loads = [[keys or (micro[:1] if engine.lockstep else keys) for micro, keys in zip(g, gk)]
                      for g, gk in zip(pending, mine)]
             batches = loader(dataset, [keys for g in loads for keys in g if keys], collate, workers=cfg.num_workers,
                              prefetch=cfg.data.prefetch)
@@ -315,36 +304,33 @@ def fit(
                 item_weights: list[float] = []
                 for m, (micro, keys) in enumerate(zip(group, group_keys)):
                     last = m == len(group) - 1  # DeepSpeed reduces a step's gradients at its last backward
-                    if not keys and not lockstep:
+                    if not keys and not engine.lockstep:
                         continue  # every row of this micro-batch went to other processes
                     fetched_batch = fetched[m]
                     assert fetched_batch is not None  # fetched for every micro-batch with rows here
                     batch = {part: {k: v.to(accelerator.device) for k, v in tensors.items()}
                              for part, tensors in fetched_batch.items()}
                     with autocast():
-                        loss, parts = sharded.run(micro_batch_loss, batch) if sharded else \
-                            micro_batch_loss(batch)
-                    if lockstep and (not keys or not torch.isfinite(loss)):
+                        loss, parts = engine.forward(micro_batch_loss, batch)
+                    if engine.lockstep and (not keys or not torch.isfinite(loss)):
                         finite = finite and bool(torch.isfinite(loss)) if keys else finite
-                        # The others' gradient collectives need this backward. DeepSpeed steps by itself
-                        # unless a gradient is NaN: a non-finite loss here makes every process skip the step.
-                        backward(loss * (math.nan if engine is not None and not finite else 0.0), last)
+                        engine.idle_backward(loss, finite=finite, last=last)
                         continue
                     if not torch.isfinite(loss):
                         finite = False
                         continue
                     if weighed:
-                        backward(loss * ((items[m] or 0.0) / max(step_items, 1e-12)), last)
+                        engine.backward(loss * ((items[m] or 0.0) / max(step_items, 1e-12)), last=last)
                         item_weights.append(items[m] or 0.0)
                         if procs.several:
                             shares.append((m, loss.item(), distributed.target_count(keys), parts))
                     elif procs.several:
                         # Gradients are summed across processes: weight by this share of the micro-batch.
                         rows = distributed.target_count(keys)
-                        backward(loss * (rows / distributed.target_count(micro)) / len(group), last)
+                        engine.backward(loss * (rows / distributed.target_count(micro)) / len(group), last=last)
                         shares.append((m, loss.item(), rows, parts))
                     else:
-                        backward(loss / len(group), last)
+                        engine.backward(loss / len(group), last=last)
                     losses.append(loss.item())
                     logged.append(parts)
                     event.loss = losses[-1]
@@ -352,25 +338,11 @@ def fit(
                         hook.on_micro_batch_end(event)
                 if procs.several:
                     finite, losses, logged = _across_processes(finite, shares)
-                    if finite and engine is None:
-                        distributed.all_reduce_grads(sharded.replicated if sharded else trainable)
-                grad_norm = None
-                if engine is not None:  # DeepSpeed clips and steps, or skips a step with a non-finite gradient
-                    taken, norm = engine.step()
-                    finite = finite and taken
-                    grad_norm = norm if finite and cfg.optim.max_grad_norm is not None else None
-                elif finite and cfg.optim.max_grad_norm is not None:
-                    grad_norm = (distributed.clip_grad_norm(trainable, cfg.optim.max_grad_norm) if sharded else
-                                 float(accelerator.clip_grad_norm_(trainable, cfg.optim.max_grad_norm)))
-                    finite = math.isfinite(grad_norm)
+                finite, grad_norm = engine.step(finite, cfg.optim.max_grad_norm)
                 if finite:
-                    if engine is None:
-                        optimizer.step()
                     state.bad_steps_in_a_row = 0
                 else:
                     _bad_step(cfg, state)
-                if engine is None:  # DeepSpeed clears its own (and keeps the buffers it reuses)
-                    optimizer.zero_grad(set_to_none=True)
                 with warnings.catch_warnings():
                     # A skipped first step trips torch's "scheduler before optimizer" warning; the
                     # schedule deliberately follows step count, skipped steps included.
@@ -410,16 +382,10 @@ def fit(
     try:
         with _flush_denormals(accelerator.device):
             run_steps()
-        if engine is not None:
-            engine.close()
-            engine = None
-        if sharded is not None:
-            sharded.copy_to(plain)
-            plain.to(accelerator.device)
+        engine.finish(plain)
         event.finished = True
     finally:
-        if engine is not None:
-            engine.close()
+        engine.close()
         loaded.model = plain
         for hook in hooks:
             hook.on_fit_end(event)
