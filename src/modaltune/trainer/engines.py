@@ -1,6 +1,6 @@
 """How one optimizer step's gradients are made, combined and applied: one object per engine, so
 the training loop reads the same for a single process, modaltune's own data parallelism, FSDP2 and
-DeepSpeed ZeRO.
+DeepSpeed ZeRO (`trainer.zero.Zero`, beside the rest of the DeepSpeed code).
 
 The loop owns what is common (the plan, each process's share and loss weight, logging, checkpoints);
 an engine owns what differs: where the forward runs, how a backward is taken, how the step's
@@ -113,40 +113,3 @@ class ShardedEngine(Engine):
     def finish(self, plain: nn.Module) -> None:
         self.sharded.copy_to(plain)
         plain.to(self.accelerator.device)
-
-
-class ZeroEngine(Engine):
-    """DeepSpeed ZeRO-1/2 (`zero.Zero`): DeepSpeed reduces the gradients during backward, clips them
-    and steps its partition of the optimizer, or skips a step whose gradient norm is not finite."""
-
-    lockstep = True
-
-    def __init__(self, accelerator: Any, optimizer: torch.optim.Optimizer, trainable: Sequence[nn.Parameter],
-                 procs: distributed.Processes, zero: Any) -> None:
-        super().__init__(accelerator, optimizer, trainable, procs)
-        self.zero: Any = zero
-
-    def backward(self, loss: torch.Tensor, *, last: bool) -> None:
-        self.zero.backward(loss, last=last)
-
-    def idle_backward(self, loss: torch.Tensor, *, finite: bool, last: bool) -> None:
-        # DeepSpeed steps by itself unless a gradient is NaN: a non-finite loss here makes every
-        # process skip the step.
-        self.backward(loss * (0.0 if finite else math.nan), last=last)
-
-    def step(self, finite: bool, max_grad_norm: float | None) -> tuple[bool, float | None]:
-        # DeepSpeed clears its own gradients (and keeps the buffers it reuses).
-        taken, norm = self.zero.step()
-        finite = finite and taken
-        return finite, norm if finite and max_grad_norm is not None else None
-
-    def whole(self) -> tuple[dict[str, torch.Tensor] | None, dict[str, Any] | None]:
-        return self.zero.trainable(), self.zero.full_optimizer_state()
-
-    def finish(self, plain: nn.Module) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if self.zero is not None:
-            self.zero.close()
-            self.zero = None

@@ -46,7 +46,7 @@ from modaltune.trainer.batches import (
     steps_per_epoch,
 )
 from modaltune.trainer.callbacks import EXIT_SIGTERM, KILL_ENV, Callback, Event, RestoreBest, default_callbacks
-from modaltune.trainer.engines import Engine, ShardedEngine, ZeroEngine
+from modaltune.trainer.engines import Engine, ShardedEngine
 from modaltune.trainer.terms import L2SPTerm, LossTerm, ReplayTerm, loss_parts, part_key
 
 # Kept importable from here, where they used to live.
@@ -219,8 +219,7 @@ def fit(
     if sharded is not None:
         engine = ShardedEngine(accelerator, optimizer, trainable, procs, sharded)
     elif ds_config is not None:  # after the resume: DeepSpeed starts from the loaded weights and optimizer state
-        engine = ZeroEngine(accelerator, optimizer, trainable, procs, zero.Zero(model, optimizer, ds_config,
-                                                                                 procs.world))
+        engine = zero.Zero(accelerator, optimizer, trainable, procs, model, ds_config)
 
     eval_every = cfg.schedule.eval_every or per_epoch
     save_every = cfg.schedule.save_every or per_epoch

@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -37,6 +37,8 @@ import torch
 from torch import nn
 
 from modaltune.errors import ConfigError
+from modaltune.trainer import distributed
+from modaltune.trainer.engines import Engine
 
 _AUTO = "auto"
 
@@ -79,8 +81,6 @@ def _has_accelerator() -> bool:
 
 def settings(accelerator: Any, cfg: Any, world: int) -> dict[str, Any] | None:
     """The DeepSpeed config for this fit when it was launched for DeepSpeed (`config`), else None."""
-    from modaltune.trainer import distributed
-
     if distributed.engine(accelerator)[0] != "DEEPSPEED":
         return None
     plugin = getattr(accelerator.state, "deepspeed_plugin", None)
@@ -186,24 +186,30 @@ def autocast(precision: str, device: torch.device) -> Iterator[None]:
         yield
 
 
-class Zero:
-    """``model`` and ``optimizer`` under DeepSpeed's ZeRO engine.
+class Zero(Engine):
+    """``model`` and ``optimizer`` under DeepSpeed's ZeRO engine, as the training loop's engine
+    (`trainer.engines`): DeepSpeed reduces the gradients during backward, clips them and steps its
+    partition of the optimizer, or skips a step whose gradient norm is not finite.
 
     Built after a resume has put a checkpoint's weights into ``model`` and its (single-process format)
     state into ``optimizer``: DeepSpeed copies the weights into its fp32 partitions when it starts,
     and the loaded optimizer state is then cut to this process's partition.
     """
 
+    lockstep = True  # ZeRO-2 reduces gradients during backward: every process runs every backward
+
     def __init__(
-        self, model: nn.Module, optimizer: torch.optim.Optimizer, ds_config: dict[str, Any], world: int
+        self, accelerator: Any, optimizer: torch.optim.Optimizer, trainable: Sequence[nn.Parameter],
+        procs: distributed.Processes, model: nn.Module, ds_config: dict[str, Any],
     ) -> None:
         import deepspeed
 
         from modaltune.trainer import checkpoint as ckpt
 
-        self.world = world
+        super().__init__(accelerator, optimizer, trainable, procs)
+        self.world = procs.world
+        self.closed = False
         self.device = next(model.parameters()).device
-        self.optimizer = optimizer
         #: The parameters of each group, in the order a single-process optimizer's state numbers them.
         self.groups = [list(group["params"]) for group in optimizer.param_groups]
         self.names = {id(p): name for name, p in model.named_parameters()}
@@ -239,22 +245,35 @@ class Zero:
         # DeepSpeed divides the reduced gradient by the number of processes: undo it.
         self.engine.backward(loss * self.world if self.world > 1 else loss, scale_wrt_gas=False)
 
-    def step(self) -> tuple[bool, float | None]:
-        """The optimizer step (clipped by DeepSpeed at ``gradient_clipping``): whether it was taken
-        (every process agrees), and the gradients' norm before clipping."""
-        self.engine.step()
-        applied = not bool(getattr(self.zero, "overflow", False))
-        norm = self.engine.get_global_grad_norm()
-        return applied, (float(norm) if norm is not None and applied else None)
+    def idle_backward(self, loss: torch.Tensor, *, finite: bool, last: bool) -> None:
+        # DeepSpeed steps by itself unless a gradient is NaN: a non-finite loss here makes every
+        # process skip the step.
+        self.backward(loss * (0.0 if finite else math.nan), last=last)
 
-    def trainable(self) -> dict[str, torch.Tensor]:
-        """Every trainable parameter, on the CPU in storage of its own (ZeRO keeps them as views of
-        one flat buffer, which safetensors refuses to write as separate tensors)."""
-        return {self.names[id(p)]: p.detach().cpu().clone() for group in self.groups for p in group}
+    def step(self, finite: bool, max_grad_norm: float | None) -> tuple[bool, float | None]:
+        """The optimizer step (clipped by DeepSpeed at ``gradient_clipping``; it clears its own
+        gradients and keeps the buffers it reuses): whether it was taken (every process agrees), and
+        the gradients' norm before clipping."""
+        self.engine.step()
+        finite = finite and not bool(getattr(self.zero, "overflow", False))
+        norm = self.engine.get_global_grad_norm()
+        return finite, (float(norm) if norm is not None and finite and max_grad_norm is not None else None)
+
+    def whole(self) -> tuple[dict[str, torch.Tensor] | None, dict[str, Any] | None]:
+        # Every trainable parameter on the CPU in storage of its own (ZeRO keeps them as views of one
+        # flat buffer, which safetensors refuses to write as separate tensors).
+        weights = {self.names[id(p)]: p.detach().cpu().clone() for group in self.groups for p in group}
+        return weights, self.full_optimizer_state()
+
+    def finish(self, plain: nn.Module) -> None:
+        self.close()
 
     def close(self) -> None:
         """Leave DeepSpeed: its gradient hooks are removed and every parameter gets storage of its
         own again, so the model is a plain one for evaluation, export and later fits."""
+        if self.closed:
+            return
+        self.closed = True
         destroy = getattr(self.engine, "destroy", None)
         if destroy is not None:
             destroy()
