@@ -26,7 +26,7 @@ Key = tuple[int, int]  # (epoch, row index)
 
 logger = logging.getLogger(__name__)
 
-# One batch is prepared at a time in this process. A training batch still being prepared in the
+# One collate runs at a time in this process. A training batch still being prepared in the
 # background when an evaluation starts would otherwise run the processor concurrently with the
 # evaluation's own collate (a fast tokenizer is not safe to reconfigure while another thread encodes).
 # Re-entrant: a collate may itself prepare batches (a feature cache computing its features).
@@ -256,9 +256,10 @@ def flushes_denormals() -> bool:
 
 
 def _preparer(dataset: Dataset, collate: Callable[[list], Any], pin: bool) -> Callable[[Sequence[Any]], Any]:
+    collate = _serialised(collate)
+
     def prepare(keys: Sequence[Any]) -> Any:
-        with _PREPARING:
-            batch = collate([dataset[key] for key in keys])
+        batch = collate([dataset[key] for key in keys])
         return _pinned(batch) if pin else batch
 
     return prepare
